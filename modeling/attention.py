@@ -1,0 +1,317 @@
+"""BCT attention: one softmax over a learned fixed-capacity memory and an exact local window.
+
+Three implementations of the same function, side by side:
+
+- `chunk_attention`: the parallel path for training and prefill. Memory writes are a short sequential
+  scan over chunks (small M×C ops); then every chunk's queries attend at once to
+  `[memory state ; window keys]`, M + W + C keys per chunk.
+- `step_attention`: the decoding path, one token per row against the cache's ring.
+- `reference_attention`: a plain token-by-token loop at absolute positions, obviously right; the tests hold
+  the two fast paths to it on outputs, final memory and gradients.
+
+Read rule (DESIGN.md §1): memory logits use the un-rotated query against position-free memory keys;
+window logits use rotated queries and keys; both scaled by 1/√d and normalised by one softmax.
+Write rule: chunk i's queries see the memory after `max(0, i - W/C)` chunk writes and the window
+positions `[max(0, i·C - W), p]`. Masks use `finfo.min`, not -inf: with `memory_slots = 0` a padded
+query may have no valid key.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+from .cache import BCTCacheLayer
+from .configuration_bct import BCTConfig
+from .layout import ChunkPlan, StepPlan
+from .memory import BCTMemory, MemoryWrite
+from .rotary import BCTRotary, apply_rotary
+
+
+class BCTAttention(nn.Module):
+    """Llama attention (same q/k/v/o names) whose keys/values are a memory plus a window."""
+
+    def __init__(self, config: BCTConfig, layer_idx: int):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.num_heads = config.num_attention_heads
+        self.num_kv_heads = config.num_key_value_heads
+        self.head_dim = config.head_dim
+        self.window = config.window
+        self.chunk = config.chunk_size
+        self.slots = config.memory_slots
+        self.scale = 1.0 / math.sqrt(self.head_dim)
+        self.dropout = config.attention_dropout
+        qkv_bias = config.attention_bias or config.qkv_bias
+        hidden, kv_width = config.hidden_size, self.num_kv_heads * self.head_dim
+        self.q_proj = nn.Linear(hidden, self.num_heads * self.head_dim, bias=qkv_bias)
+        self.k_proj = nn.Linear(hidden, kv_width, bias=qkv_bias)
+        self.v_proj = nn.Linear(hidden, kv_width, bias=qkv_bias)
+        self.o_proj = nn.Linear(self.num_heads * self.head_dim, hidden, bias=config.attention_bias)
+        if config.qk_norm:
+            self.q_norm = LlamaRMSNorm(self.head_dim, eps=config.rms_norm_eps)
+            self.k_norm = LlamaRMSNorm(self.head_dim, eps=config.rms_norm_eps)
+        self.memory = BCTMemory(config)
+
+    def project(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(B, T, hidden) -> q (B, H, T, d), k and v (B, G, T, d), all before RoPE."""
+        batch, new, _ = hidden_states.shape
+        q = self.q_proj(hidden_states).view(batch, new, self.num_heads, self.head_dim)
+        k = self.k_proj(hidden_states).view(batch, new, self.num_kv_heads, self.head_dim)
+        v = self.v_proj(hidden_states).view(batch, new, self.num_kv_heads, self.head_dim)
+        if hasattr(self, "q_norm"):
+            q, k = self.q_norm(q), self.k_norm(k)
+        return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        plan: ChunkPlan | StepPlan,
+        state: BCTCacheLayer | None = None,
+        want_signals: bool = False,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
+        """hidden_states (B, T, hidden) -> (B, T, hidden). Reads and updates `state` when given."""
+        batch, new, _ = hidden_states.shape
+        q, k, v = self.project(hidden_states)
+        if state is not None and not state.is_initialized:
+            state.initialize(*self.memory.initial_state(batch, k.dtype))
+        if state is None:
+            mem_k, mem_v = self.memory.initial_state(batch, k.dtype)
+            ring_k = ring_v = None
+        else:
+            mem_k, mem_v, ring_k, ring_v = state.mem_keys, state.mem_values, state.keys, state.values
+        dropout = self.dropout if self.training else 0.0
+
+        if isinstance(plan, StepPlan):
+            out, new_state, signals = step_attention(
+                q, k, v, mem_k, mem_v, ring_k, ring_v, plan, self.memory.write, self.chunk, self.scale
+            )
+        else:
+            out, new_state, signals = run_chunk_plan(
+                q, k, v, mem_k, mem_v, ring_k, ring_v, plan, self.memory.write, self.window, self.chunk,
+                self.scale, dropout, want_signals, keep_state=state is not None,
+            )  # fmt: skip
+        if state is not None:
+            state.store(*new_state)
+        out = out.transpose(1, 2).reshape(batch, new, self.num_heads * self.head_dim)
+        return self.o_proj(out), (signals if want_signals else None)
+
+
+# --------------------------------------------------------------------------------------------------
+# Parallel (chunked) path
+# --------------------------------------------------------------------------------------------------
+def run_chunk_plan(q, k, v, mem_k, mem_v, ring_k, ring_v, plan: ChunkPlan, write, window, chunk, scale,
+                   dropout, want_signals, keep_state):  # fmt: skip
+    """Assemble each row's virtual sequence (ring + real new tokens), run `chunk_attention` on it and
+    return outputs for the new columns (B, H, T, d), the next (memory, ring) state (None unless
+    `keep_state`) and signals."""
+    batch, heads, new, head_dim = q.shape
+    length, j0 = plan.length, plan.first_chunk
+    if plan.uniform_ring_len is not None:
+        ring_len = plan.uniform_ring_len
+        pad = length - ring_len - new
+        if ring_k is None or ring_len == 0:
+            vk, vv = k, v
+        else:
+            vk = torch.cat((ring_k[:, :, :ring_len], k), dim=2)
+            vv = torch.cat((ring_v[:, :, :ring_len], v), dim=2)
+        vk, vv = F.pad(vk, (0, 0, 0, pad)), F.pad(vv, (0, 0, 0, pad))  # (B, G, S, d)
+        vq = F.pad(q, (0, 0, ring_len - j0 * chunk, pad))  # (B, H, S - j0·C, d): query region only
+    else:
+        source_k = k if ring_k is None else torch.cat((ring_k, k), dim=2)
+        source_v = v if ring_v is None else torch.cat((ring_v, v), dim=2)
+        index = plan.gather[:, None, :, None].expand(-1, k.shape[1], -1, head_dim)
+        vk, vv = source_k.gather(2, index), source_v.gather(2, index)
+        # Scatter each new query to its virtual position; pads land on slot 0 and are overwritten or unused.
+        region = length - j0 * chunk
+        out_index = plan.out_index.masked_fill(~plan.real, region)  # pads go to a spare row
+        vq = q.new_zeros(batch, heads, region + 1, head_dim)
+        vq = vq.scatter(2, out_index[:, None, :, None].expand(-1, heads, -1, head_dim), q)[:, :, :region]
+
+    out, states, gates, share = chunk_attention(
+        vq, vk, vv, mem_k, mem_v, plan.cos, plan.sin, write, window, chunk, j0, scale, dropout, want_signals
+    )
+    if plan.uniform_ring_len is not None:
+        start = plan.uniform_ring_len - j0 * chunk
+        out = out[:, :, start : start + new]
+    else:
+        index = plan.out_index[:, None, :, None].expand(-1, heads, -1, head_dim)
+        out = out.gather(2, index) * plan.real[:, None, :, None]
+
+    signals = {"attn_share": share, "write_gate": gates} if want_signals else None
+    if not keep_state:
+        return out, None, signals
+    rows = torch.arange(batch, device=q.device)
+    next_mem = torch.stack(states, dim=2)[rows, :, plan.writes]  # (B, G, M, 2d)
+    ring_index = plan.ring_index[:, None, :, None].expand(-1, k.shape[1], -1, head_dim)
+    keep = plan.ring_valid[:, None, :, None]
+    next_state = (
+        next_mem[..., :head_dim],
+        next_mem[..., head_dim:],
+        vk.gather(2, ring_index) * keep,
+        vv.gather(2, ring_index) * keep,
+    )
+    return out, next_state, signals
+
+
+def scan_memory(write: MemoryWrite, mem_k, mem_v, k, v, num_writes: int, chunk: int):
+    """Write virtual chunks 0..num_writes-1 in order. Returns the list of num_writes + 1 memory states
+    (B, G, M, 2d) = [keys | values], and the mean write gate (None when nothing was written)."""
+    mem = torch.cat((mem_k, mem_v), dim=-1)
+    if mem.shape[2] == 0 or num_writes == 0:
+        return [mem] * (num_writes + 1), None
+    span = num_writes * chunk
+    features = write.token_features(k[:, :, :span], v[:, :, :span])  # (B, G, span, F)
+    batch, heads, _, width = features.shape
+    states, gates = [mem], []
+    # unbind, not slicing: the backward of one unbind is one stack, that of n slices is n full-size zero fills.
+    for chunk_features in features.reshape(batch, heads, num_writes, chunk, width).unbind(2):
+        mem, gate = write(mem, chunk_features)
+        states.append(mem)
+        gates.append(gate.detach())
+    return states, torch.stack(gates).float().mean()
+
+
+def chunk_mask(num_chunks: int, first_chunk: int, window: int, chunk: int, device) -> torch.Tensor:
+    """(nq, C, W + C) bool: query r of chunk j sees window key w (absolute j·C - W + w) iff it exists and
+    is not in the future."""
+    j = torch.arange(first_chunk, num_chunks, device=device)[:, None, None]
+    r = torch.arange(chunk, device=device)[None, :, None]
+    w = torch.arange(window + chunk, device=device)[None, None, :]
+    return (w <= window + r) & (j * chunk - window + w >= 0)
+
+
+def chunk_attention(q, k, v, mem_k, mem_v, cos, sin, write, window, chunk, first_chunk, scale, dropout=0.0,
+                    want_share=False):  # fmt: skip
+    """The parallel path on chunk-aligned virtual sequences.
+
+    q: (B, H, (n - j0)·C, d) queries of chunks j0..n-1; k, v: (B, G, n·C, d) all pre-RoPE;
+    mem_k, mem_v: (B, G, M, d) memory before virtual chunk 0; cos, sin: (n·C, d).
+    Returns out (B, H, (n - j0)·C, d), the memory states (list of writes + 1 tensors (B, G, M, 2d)), the mean
+    write gate and the share of attention on memory.
+    """
+    batch, heads, _, head_dim = q.shape
+    kv_heads, length = k.shape[1], k.shape[2]
+    rep, num_chunks, slots = heads // kv_heads, length // chunk, mem_k.shape[2]
+    nq = num_chunks - first_chunk
+    lag = window // chunk
+
+    # 1. memory recurrence: chunk j reads the state after max(0, j - W/C) writes.
+    num_writes = max(0, num_chunks - 1 - lag)
+    states, gate = scan_memory(write, mem_k, mem_v, k, v, num_writes, chunk)
+    read = torch.stack([states[max(0, j - lag)] for j in range(first_chunk, num_chunks)], dim=2)
+    read_k, read_v = read[..., :head_dim], read[..., head_dim:]  # (B, G, nq, M, d)
+
+    # 2. block attention: chunk j attends to keys [j·C - W, j·C + C) of the left-padded sequence.
+    def per_chunk(x):  # (B, H, nq·C, d) -> (B, G, nq, R·C, d), query rows grouped per KV head
+        x = x.reshape(batch, kv_heads, rep, nq, chunk, head_dim).transpose(2, 3)
+        return x.reshape(batch, kv_heads, nq, rep * chunk, head_dim)
+
+    region = slice(first_chunk * chunk, length)
+    q_rot = per_chunk(apply_rotary(q, cos[region], sin[region]) * scale)
+    q_raw = per_chunk(q * scale)
+    k_rot = F.pad(apply_rotary(k, cos, sin), (0, 0, window, 0))  # (B, G, W + S, d)
+    k_win = k_rot.unfold(2, window + chunk, chunk)[:, :, first_chunk:]  # (B, G, nq, d, W + C)
+    v_win = F.pad(v, (0, 0, window, 0)).unfold(2, window + chunk, chunk)[:, :, first_chunk:].transpose(-1, -2)
+
+    scores_mem = torch.matmul(q_raw, read_k.transpose(-1, -2))  # (B, G, nq, R·C, M)
+    scores_win = torch.matmul(q_rot, k_win)  # (B, G, nq, R·C, W + C)
+    visible = chunk_mask(num_chunks, first_chunk, window, chunk, q.device).repeat(1, rep, 1)  # (nq, R·C, W+C)
+    scores_win = scores_win.masked_fill(~visible, torch.finfo(scores_win.dtype).min)
+    probs = torch.softmax(torch.cat((scores_mem, scores_win), dim=-1).float(), dim=-1).to(q.dtype)
+    share = probs[..., :slots].detach().float().sum(-1).mean() if want_share else None
+    if dropout:
+        probs = F.dropout(probs, p=dropout, training=True)
+    out = torch.matmul(probs[..., :slots], read_v) + torch.matmul(probs[..., slots:], v_win)  # (B,G,nq,R·C,d)
+    out = out.reshape(batch, kv_heads, nq, rep, chunk, head_dim).transpose(2, 3)
+    return out.reshape(batch, heads, nq * chunk, head_dim), states, gate, share
+
+
+# --------------------------------------------------------------------------------------------------
+# Step (decoding) path
+# --------------------------------------------------------------------------------------------------
+def step_attention(q, k, v, mem_k, mem_v, ring_k, ring_v, plan: StepPlan, write, chunk, scale):
+    """One new real token per row. q (B, H, 1, d); k, v (B, G, 1, d); ring (B, G, W + C, d) pre-RoPE.
+    Rows whose ring is full and whose token starts a chunk first write their oldest chunk into memory."""
+    batch, heads, _, head_dim = q.shape
+    kv_heads, ring_size = k.shape[1], ring_k.shape[2]
+    rep = heads // kv_heads
+    gate = None
+    if plan.any_evict:
+        evict = plan.evict[:, None, None, None]
+        if mem_k.shape[2] > 0:
+            new_mk, new_mv, gates = write.write_chunk(
+                mem_k, mem_v, ring_k[:, :, :chunk], ring_v[:, :, :chunk]
+            )
+            mem_k, mem_v = torch.where(evict, new_mk, mem_k), torch.where(evict, new_mv, mem_v)
+            gate = gates[plan.evict].detach().float().mean()
+        ring_k = torch.where(evict, F.pad(ring_k[:, :, chunk:], (0, 0, 0, chunk)), ring_k)
+        ring_v = torch.where(evict, F.pad(ring_v[:, :, chunk:], (0, 0, 0, chunk)), ring_v)
+    slot = plan.position[:, None, None, None].expand(-1, kv_heads, 1, head_dim)
+    ring_k, ring_v = ring_k.scatter(2, slot, k), ring_v.scatter(2, slot, v)
+
+    cos_q, sin_q = plan.cos[plan.position][:, None, None], plan.sin[plan.position][:, None, None]  # (B,1,1,d)
+    q_raw = q.view(batch, kv_heads, rep, head_dim) * scale
+    q_rot = apply_rotary(q, cos_q, sin_q).view(batch, kv_heads, rep, head_dim) * scale
+    k_rot = apply_rotary(ring_k, plan.cos, plan.sin)  # (B, G, W + C, d)
+    scores_mem = torch.matmul(q_raw, mem_k.transpose(-1, -2))  # (B, G, R, M)
+    scores_win = torch.matmul(q_rot, k_rot.transpose(-1, -2))  # (B, G, R, W + C)
+    future = torch.arange(ring_size, device=q.device) > plan.position[:, None]  # (B, W + C)
+    scores_win = scores_win.masked_fill(future[:, None, None], torch.finfo(scores_win.dtype).min)
+    probs = torch.softmax(torch.cat((scores_mem, scores_win), dim=-1).float(), dim=-1).to(q.dtype)
+    slots = mem_k.shape[2]
+    out = torch.matmul(probs[..., :slots], mem_v) + torch.matmul(probs[..., slots:], ring_v)  # (B, G, R, d)
+    signals = {"attn_share": probs[..., :slots].float().sum(-1).mean(), "write_gate": gate}
+    return out.reshape(batch, heads, 1, head_dim), (mem_k, mem_v, ring_k, ring_v), signals
+
+
+# --------------------------------------------------------------------------------------------------
+# Reference: token by token, absolute positions
+# --------------------------------------------------------------------------------------------------
+def reference_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    memory: BCTMemory,
+    rotary: BCTRotary,
+    window: int,
+    chunk: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Plain loop over positions p = 0..T-1 of unpadded rows. q (B, H, T, d); k, v (B, G, T, d) pre-RoPE.
+    Returns the outputs (B, H, T, d) and the final memory (B, G, M, d) ×2."""
+    batch, heads, length, head_dim = q.shape
+    rep = heads // k.shape[1]
+    scale = 1.0 / math.sqrt(head_dim)
+    cos, sin = rotary.table(length, q.device, q.dtype)  # absolute positions
+    mem_k, mem_v = memory.initial_state(batch, q.dtype)
+    outputs = []
+    for p in range(length):
+        i = p // chunk
+        if p % chunk == 0 and i - window // chunk - 1 >= 0 and mem_k.shape[2] > 0:
+            c = i - window // chunk - 1  # the chunk leaving the window now
+            span = slice(c * chunk, (c + 1) * chunk)
+            mem_k, mem_v, _ = memory.write.write_chunk(mem_k, mem_v, k[:, :, span], v[:, :, span])
+        lo = max(0, i * chunk - window)
+        keys = apply_rotary(k[:, :, lo : p + 1], cos[lo : p + 1], sin[lo : p + 1])
+        keys = keys.repeat_interleave(rep, dim=1)  # (B, H, n, d)
+        values = v[:, :, lo : p + 1].repeat_interleave(rep, dim=1)
+        query = q[:, :, p : p + 1]  # (B, H, 1, d)
+        query_rot = apply_rotary(query, cos[p], sin[p])
+        logits = (
+            torch.cat(
+                (
+                    query @ mem_k.repeat_interleave(rep, dim=1).transpose(-1, -2),
+                    query_rot @ keys.transpose(-1, -2),
+                ),
+                dim=-1,
+            )
+            * scale
+        )
+        probs = torch.softmax(logits.float(), dim=-1).to(q.dtype)
+        slots = mem_k.shape[2]
+        outputs.append(probs[..., :slots] @ mem_v.repeat_interleave(rep, dim=1) + probs[..., slots:] @ values)
+    return torch.cat(outputs, dim=2), mem_k, mem_v

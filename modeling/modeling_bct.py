@@ -1,0 +1,261 @@
+"""BCT model: `BCTModel` and `BCTForCausalLM`, Llama-shaped (Attention → DecoderLayer → Model → ForCausalLM).
+
+Positions come from the cache, not from `position_ids`: each row's chunk phase is counted from its own
+first real token and RoPE is applied relative to the oldest visible window token (see `layout.py`), so
+`position_ids` is accepted for API compatibility and ignored. Long cached inputs run segment by segment
+(`config.prefill_segment_len`) through all layers, so prefill activation memory is bounded as well.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import initialization as init
+from transformers.generation import GenerationMixin
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+from transformers.modeling_utils import PreTrainedModel
+from transformers.models.llama.modeling_llama import LlamaMLP, LlamaRMSNorm
+
+from .attention import BCTAttention
+from .cache import BCTCache
+from .configuration_bct import BCTConfig
+from .layout import ChunkPlan, StepPlan, plan_chunks, plan_step, real_token_mask
+from .memory import BCTMemory, FifoWrite, GatedSlotWrite
+from .rotary import BCTRotary
+
+
+@dataclass
+class BCTModelOutput(BaseModelOutputWithPast):
+    """`memory_signals`: layer means of the share of attention on memory slots and of the write gate."""
+
+    memory_signals: dict[str, torch.Tensor] | None = None
+
+
+@dataclass
+class BCTCausalLMOutput(CausalLMOutputWithPast):
+    memory_signals: dict[str, torch.Tensor] | None = None
+
+
+class BCTDecoderLayer(GradientCheckpointingLayer):
+    def __init__(self, config: BCTConfig, layer_idx: int):
+        super().__init__()
+        self.self_attn = BCTAttention(config, layer_idx)
+        self.mlp = LlamaMLP(config)
+        self.input_layernorm = LlamaRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.post_attention_layernorm = LlamaRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+
+    def forward(self, hidden_states, plan, past_key_values=None, want_signals=False):
+        state = None if past_key_values is None else past_key_values.layers[self.self_attn.layer_idx]
+        attn_out, signals = self.self_attn(self.input_layernorm(hidden_states), plan, state, want_signals)
+        hidden_states = hidden_states + attn_out
+        hidden_states = hidden_states + self.mlp(self.post_attention_layernorm(hidden_states))
+        return hidden_states, signals
+
+
+class BCTPreTrainedModel(PreTrainedModel):
+    config_class = BCTConfig
+    config: BCTConfig
+    base_model_prefix = "model"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["BCTDecoderLayer"]
+    _skip_keys_device_placement = ["past_key_values"]
+    # The cache is stateful: memory writes cannot be undone, so assisted decoding is refused by generate().
+    _is_stateful = True
+
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        std = self.config.initializer_range
+        if isinstance(module, BCTMemory):
+            # Slots start at the scale of projected keys/values: RMS-normed input (≈1 per dim) times a
+            # projection row of std `initializer_range` gives std ≈ initializer_range·√hidden per entry.
+            slot_std = std * self.config.hidden_size**0.5
+            init.normal_(module.init_keys, mean=0.0, std=slot_std)
+            init.normal_(module.init_values, mean=0.0, std=slot_std)
+        elif isinstance(module, GatedSlotWrite):
+            eye = torch.eye(module.route.shape[-1], dtype=module.route.dtype, device=module.route.device)
+            init.copy_(module.route, eye.expand_as(module.route))
+            init.constant_(module.gate_bias, self.config.memory_gate_bias_init)
+            for weight in (module.gate_mem, module.gate_key, module.gate_value):
+                init.zeros_(weight)
+            init.ones_(module.gate_mass)
+        elif isinstance(module, FifoWrite):
+            init.zeros_(module.pool)
+
+    @classmethod
+    def _supports_default_dynamic_cache(cls) -> bool:
+        return False  # generate() must not build a DynamicCache: the model creates its own BCTCache
+
+
+class BCTModel(BCTPreTrainedModel):
+    def __init__(self, config: BCTConfig):
+        super().__init__(config)
+        self.padding_idx = config.pad_token_id
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, self.padding_idx)
+        self.layers = nn.ModuleList(BCTDecoderLayer(config, i) for i in range(config.num_hidden_layers))
+        self.norm = LlamaRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.rotary = BCTRotary(config)
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.embed_tokens
+
+    def set_input_embeddings(self, value):
+        self.embed_tokens = value
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: BCTCache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        output_memory_signals: bool = False,
+        keep_last: int = 0,
+        **kwargs,
+    ) -> BCTModelOutput:
+        """`keep_last > 0` keeps only the last hidden states of the call (generation of very long prompts)."""
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
+        if inputs_embeds is None:
+            inputs_embeds = self.embed_tokens(input_ids)
+        use_cache = self.config.use_cache if use_cache is None else use_cache
+        if self.gradient_checkpointing and self.training:
+            use_cache = False
+        if past_key_values is not None and not isinstance(past_key_values, BCTCache):
+            raise TypeError(
+                f"BCT models need a BCTCache as past_key_values, got {type(past_key_values).__name__}. "
+                "Pass BCTCache(model.config) or nothing (the model creates one when use_cache=True)."
+            )
+        if use_cache and past_key_values is None:
+            past_key_values = BCTCache(self.config)
+
+        batch, new, _ = inputs_embeds.shape
+        real = real_token_mask(attention_mask, batch, new, inputs_embeds.device, past_key_values is not None)
+        segment = self.config.prefill_segment_len if past_key_values is not None else new
+        hidden_parts, signal_parts = [], []
+        for start in range(0, new, segment):
+            stop = min(new, start + segment)
+            hidden, signals = self._forward_segment(
+                inputs_embeds[:, start:stop], real[:, start:stop], past_key_values, output_memory_signals
+            )
+            if keep_last <= 0 or stop > new - keep_last:
+                hidden_parts.append(hidden)
+            signal_parts.append(signals)
+        hidden = torch.cat(hidden_parts, dim=1) if len(hidden_parts) > 1 else hidden_parts[0]
+        if keep_last > 0:
+            hidden = hidden[:, -keep_last:]
+        return BCTModelOutput(
+            last_hidden_state=self.norm(hidden),
+            past_key_values=past_key_values if use_cache else None,
+            memory_signals=_mean_signals(signal_parts) if output_memory_signals else None,
+        )
+
+    def _forward_segment(self, hidden, real, cache: BCTCache | None, want_signals: bool):
+        plan = self._plan(hidden, real, cache)
+        layer_signals = []
+        for layer in self.layers:
+            hidden, signals = layer(hidden, plan, past_key_values=cache, want_signals=want_signals)
+            layer_signals.append(signals)
+        if cache is not None:
+            cache.advance(hidden.shape[1], plan.seen, plan.ring_len)
+        return hidden, _mean_signals(layer_signals) if want_signals else None
+
+    def _plan(self, hidden, real, cache: BCTCache | None) -> ChunkPlan | StepPlan:
+        cfg, device, dtype = self.config, hidden.device, hidden.dtype
+        batch = hidden.shape[0]
+        if cache is None:
+            zeros = torch.zeros(batch, dtype=torch.long, device=device)
+            seen, ring_len = zeros, zeros
+        else:
+            seen, ring_len = cache.counters(batch, device)
+        if cache is not None and cache.seen is not None and hidden.shape[1] == 1 and bool(real.all()):
+            cos, sin = self.rotary.table(cfg.window + cfg.chunk_size, device, dtype)
+            return plan_step(seen, ring_len, cfg.window, cfg.chunk_size, cos, sin)
+        return plan_chunks(
+            seen,
+            ring_len,
+            real,
+            cfg.window,
+            cfg.chunk_size,
+            cached=cache is not None,
+            rotary_table=lambda n: self.rotary.table(n, device, dtype),
+        )
+
+
+def _mean_signals(parts: list[dict | None]) -> dict[str, torch.Tensor]:
+    """Average each signal over the parts that produced it (a layer that wrote nothing has no gate)."""
+    merged: dict[str, list[torch.Tensor]] = {}
+    for part in parts:
+        for key, value in (part or {}).items():
+            if value is not None:
+                merged.setdefault(key, []).append(value.detach().float())
+    return {key: torch.stack(values).mean() for key, values in merged.items()}
+
+
+class BCTForCausalLM(BCTPreTrainedModel, GenerationMixin):
+    _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+
+    def __init__(self, config: BCTConfig):
+        super().__init__(config)
+        self.model = BCTModel(config)
+        self.vocab_size = config.vocab_size
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.model.embed_tokens
+
+    def set_input_embeddings(self, value):
+        self.model.embed_tokens = value
+
+    def get_output_embeddings(self):
+        return self.lm_head
+
+    def set_output_embeddings(self, value):
+        self.lm_head = value
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: BCTCache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        output_memory_signals: bool = False,
+        **kwargs,
+    ) -> BCTCausalLMOutput:
+        keep_last = logits_to_keep if isinstance(logits_to_keep, int) and labels is None else 0
+        outputs = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            output_memory_signals=output_memory_signals,
+            keep_last=keep_last,
+        )
+        hidden = outputs.last_hidden_state
+        if isinstance(logits_to_keep, int):
+            hidden = hidden[:, -logits_to_keep:] if logits_to_keep > 0 else hidden
+        else:
+            hidden = hidden[:, logits_to_keep]
+        logits = self.lm_head(hidden)
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(
+                logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs
+            )
+        return BCTCausalLMOutput(
+            loss=loss,
+            logits=logits,
+            past_key_values=outputs.past_key_values,
+            memory_signals=outputs.memory_signals,
+        )
