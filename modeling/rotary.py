@@ -16,21 +16,25 @@ from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 from .configuration_bct import BCTConfig
 
 
+def inverse_frequencies(config: BCTConfig) -> tuple[torch.Tensor, float]:
+    """(d/2,) inverse frequencies and the cos/sin scaling of the config's RoPE variant."""
+    rope_type = config.rope_parameters.get("rope_type", "default")
+    if rope_type == "default":
+        dim, base = config.head_dim, config.rope_parameters["rope_theta"]
+        return 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim)), 1.0
+    inv_freq, scaling = ROPE_INIT_FUNCTIONS[rope_type](config, None)
+    return inv_freq.float(), float(scaling)
+
+
 class BCTRotary(nn.Module):
     """Holds the inverse frequencies; `table(n)` gives cos/sin for local positions 0..n-1."""
 
     def __init__(self, config: BCTConfig):
         super().__init__()
-        rope_type = config.rope_parameters.get("rope_type", "default")
-        if rope_type == "default":
-            dim = config.head_dim
-            base = config.rope_parameters["rope_theta"]
-            inv_freq = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))
-            scaling = 1.0
-        else:
-            inv_freq, scaling = ROPE_INIT_FUNCTIONS[rope_type](config, None)
-        self.inv_freq = nn.Buffer(inv_freq.float(), persistent=False)  # (d/2,)
-        self.attention_scaling = float(scaling)
+        inv_freq, self.attention_scaling = inverse_frequencies(config)
+        # Not saved with the weights: from_pretrained builds the model on the meta device, so the
+        # model's `_init_weights` recomputes it.
+        self.inv_freq = nn.Buffer(inv_freq, persistent=False)  # (d/2,)
 
     @torch.no_grad()
     def table(

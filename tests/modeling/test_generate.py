@@ -1,0 +1,70 @@
+"""generate(): greedy, sampling, beam search, num_return_sequences and left-padded batches on BCTCache."""
+
+import pytest
+import torch
+
+from .conftest import TINY, tiny_model
+from .test_equivalence import left_pad
+
+NEW = 2 * TINY["window"] + 5  # decoding crosses several evictions
+
+
+@pytest.fixture
+def model():
+    return tiny_model(pad_token_id=0)
+
+
+@pytest.fixture
+def prompt():
+    torch.manual_seed(1)
+    return torch.randint(1, TINY["vocab_size"], (1, 3 * TINY["window"] + 1))
+
+
+@torch.no_grad()
+def test_greedy_equals_uncached_argmax_loop(model, prompt):
+    generated = model.generate(prompt, max_new_tokens=NEW, do_sample=False)
+    sequence = prompt
+    for _ in range(NEW):
+        step = model(sequence, use_cache=False).logits[:, -1].argmax(-1, keepdim=True)
+        sequence = torch.cat((sequence, step), dim=1)
+    assert torch.equal(generated, sequence)
+
+
+@torch.no_grad()
+def test_sampling_is_seeded_and_varies(model, prompt):
+    def sample(seed):
+        torch.manual_seed(seed)
+        return model.generate(prompt, max_new_tokens=NEW, do_sample=True, top_k=20, temperature=1.0)
+
+    assert torch.equal(sample(0), sample(0))
+    assert not torch.equal(sample(0), sample(1))
+
+
+@torch.no_grad()
+def test_beam_search_matches_uncached_beam_search(model, prompt):
+    kwargs = dict(max_new_tokens=NEW, num_beams=3, do_sample=False, num_return_sequences=3)
+    cached = model.generate(prompt, **kwargs)
+    uncached = model.generate(prompt, use_cache=False, **kwargs)
+    assert cached.shape == (3, prompt.shape[1] + NEW)
+    assert torch.equal(cached, uncached)
+
+
+@torch.no_grad()
+def test_num_return_sequences_with_sampling(model, prompt):
+    out = model.generate(prompt, max_new_tokens=8, do_sample=True, num_return_sequences=4)
+    assert out.shape == (4, prompt.shape[1] + 8)
+
+
+@torch.no_grad()
+def test_left_padded_batch_generates_each_row_as_alone(model):
+    prompts = [torch.randint(1, TINY["vocab_size"], (n,)) for n in (13, 30, 7)]
+    ids, mask = left_pad(prompts)
+    batch = model.generate(ids, attention_mask=mask, max_new_tokens=NEW, do_sample=False)
+    for row, prompt in enumerate(prompts):
+        alone = model.generate(prompt[None], max_new_tokens=NEW, do_sample=False)
+        assert torch.equal(batch[row, ids.shape[1] :], alone[0, len(prompt) :]), f"row {row}"
+
+
+def test_assisted_decoding_is_refused(model, prompt):
+    with pytest.raises(ValueError, match="stateful"):
+        model.generate(prompt, max_new_tokens=4, assistant_model=model)
