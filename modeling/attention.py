@@ -88,7 +88,18 @@ class BCTAttention(nn.Module):
 
         if isinstance(plan, StepPlan):
             out, new_state, signals = step_attention(
-                q, k, v, mem_k, mem_v, ring_k, ring_v, plan, self.memory.write, self.chunk, self.scale
+                q,
+                k,
+                v,
+                mem_k,
+                mem_v,
+                ring_k,
+                ring_v,
+                plan,
+                self.memory.write,
+                self.chunk,
+                self.scale,
+                want_signals,
             )
         else:
             out, new_state, signals = run_chunk_plan(
@@ -234,7 +245,9 @@ def chunk_attention(q, k, v, mem_k, mem_v, cos, sin, write, window, chunk, first
 # --------------------------------------------------------------------------------------------------
 # Step (decoding) path
 # --------------------------------------------------------------------------------------------------
-def step_attention(q, k, v, mem_k, mem_v, ring_k, ring_v, plan: StepPlan, write, chunk, scale):
+def step_attention(
+    q, k, v, mem_k, mem_v, ring_k, ring_v, plan: StepPlan, write, chunk, scale, want_signals=False
+):
     """One new real token per row. q (B, H, 1, d); k, v (B, G, 1, d); ring (B, G, W + C, d) pre-RoPE.
     Rows whose ring is full and whose token starts a chunk first write their oldest chunk into memory."""
     batch, heads, _, head_dim = q.shape
@@ -248,7 +261,7 @@ def step_attention(q, k, v, mem_k, mem_v, ring_k, ring_v, plan: StepPlan, write,
                 mem_k, mem_v, ring_k[:, :, :chunk], ring_v[:, :, :chunk]
             )
             mem_k, mem_v = torch.where(evict, new_mk, mem_k), torch.where(evict, new_mv, mem_v)
-            gate = gates[plan.evict].detach().float().mean()
+            gate = gates[plan.evict].detach().float().mean() if want_signals else None
         ring_k = torch.where(evict, F.pad(ring_k[:, :, chunk:], (0, 0, 0, chunk)), ring_k)
         ring_v = torch.where(evict, F.pad(ring_v[:, :, chunk:], (0, 0, 0, chunk)), ring_v)
     slot = plan.position[:, None, None, None].expand(-1, kv_heads, 1, head_dim)
@@ -265,7 +278,9 @@ def step_attention(q, k, v, mem_k, mem_v, ring_k, ring_v, plan: StepPlan, write,
     probs = torch.softmax(torch.cat((scores_mem, scores_win), dim=-1).float(), dim=-1).to(q.dtype)
     slots = mem_k.shape[2]
     out = torch.matmul(probs[..., :slots], mem_v) + torch.matmul(probs[..., slots:], ring_v)  # (B, G, R, d)
-    signals = {"attn_share": probs[..., :slots].float().sum(-1).mean(), "write_gate": gate}
+    signals = None
+    if want_signals:
+        signals = {"attn_share": probs[..., :slots].float().sum(-1).mean(), "write_gate": gate}
     return out.reshape(batch, heads, 1, head_dim), (mem_k, mem_v, ring_k, ring_v), signals
 
 

@@ -24,7 +24,7 @@ from .cache import BCTCache
 from .configuration_bct import BCTConfig
 from .layout import ChunkPlan, StepPlan, plan_chunks, plan_step, real_token_mask
 from .memory import BCTMemory, FifoWrite, GatedSlotWrite
-from .rotary import BCTRotary, inverse_frequencies
+from .rotary import BCTRotary
 
 
 @dataclass
@@ -83,8 +83,6 @@ class BCTPreTrainedModel(PreTrainedModel):
             init.ones_(module.gate_mass)
         elif isinstance(module, FifoWrite):
             init.zeros_(module.pool)
-        elif isinstance(module, BCTRotary):
-            init.copy_(module.inv_freq, inverse_frequencies(self.config)[0])
 
     @classmethod
     def _supports_default_dynamic_cache(cls) -> bool:

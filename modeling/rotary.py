@@ -27,26 +27,33 @@ def inverse_frequencies(config: BCTConfig) -> tuple[torch.Tensor, float]:
 
 
 class BCTRotary(nn.Module):
-    """Holds the inverse frequencies; `table(n)` gives cos/sin for local positions 0..n-1."""
+    """`table(n)` gives cos/sin for local positions 0..n-1.
+
+    No buffers: the tables are derived from the config in float32 on first use and memoised per (device,
+    dtype), so `from_pretrained` (which builds modules on the meta device) and `.to(bfloat16)` cannot
+    degrade the frequencies, and decoding does not rebuild the same W + C positions at every step.
+    """
 
     def __init__(self, config: BCTConfig):
         super().__init__()
-        inv_freq, self.attention_scaling = inverse_frequencies(config)
-        # Not saved with the weights: from_pretrained builds the model on the meta device, so the
-        # model's `_init_weights` recomputes it.
-        self.inv_freq = nn.Buffer(inv_freq, persistent=False)  # (d/2,)
+        self.config = config
+        self._tables: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
     @torch.no_grad()
     def table(
         self, length: int, device: torch.device, dtype: torch.dtype
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """cos, sin of shape (length, d) for positions 0..length-1 (float32 math, cast to `dtype`)."""
-        positions = torch.arange(length, device=device, dtype=torch.float32)
-        freqs = torch.outer(positions, self.inv_freq.to(device))  # (length, d/2)
-        angles = torch.cat((freqs, freqs), dim=-1)  # (length, d)
-        cos = angles.cos() * self.attention_scaling
-        sin = angles.sin() * self.attention_scaling
-        return cos.to(dtype), sin.to(dtype)
+        key = (torch.device(device), dtype)
+        memo = self._tables.get(key)
+        if memo is None or memo[0].shape[0] < length:
+            inv_freq, scaling = inverse_frequencies(self.config)
+            size = max(length, 2 * memo[0].shape[0]) if memo else length
+            freqs = torch.outer(torch.arange(size, dtype=torch.float32), inv_freq)  # (n, d/2)
+            angles = torch.cat((freqs, freqs), dim=-1)  # (n, d)
+            memo = (angles.cos() * scaling).to(device, dtype), (angles.sin() * scaling).to(device, dtype)
+            self._tables[key] = memo
+        return memo[0][:length], memo[1][:length]
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
