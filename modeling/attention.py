@@ -2,10 +2,10 @@
 
 Three implementations of the same function, side by side:
 
-- `chunk_attention`: the parallel path for training and prefill. Memory writes are a short sequential
+- `BCTAttention.chunked`: the parallel path for training and prefill. Memory writes are a short sequential
   scan over chunks (small M×C ops); then every chunk's queries attend at once to
   `[memory state ; window keys]`, M + W + C keys per chunk.
-- `step_attention`: the decoding path, one token per row against the cache's ring.
+- `BCTAttention.step`: the decoding path, one token per row against the cache's ring.
 - `reference_attention`: a plain token-by-token loop at absolute positions, obviously right; the tests hold
   the two fast paths to it on outputs, final memory and gradients.
 
@@ -19,6 +19,7 @@ query may have no valid key.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -32,8 +33,21 @@ from .memory import BCTMemory, MemoryWrite
 from .rotary import BCTRotary, apply_rotary
 
 
+class LayerState(NamedTuple):
+    """One layer's runtime state: memory (B, G, M, d) ×2 and ring (B, G, W + C, d) ×2 (None: no cache)."""
+
+    mem_k: torch.Tensor
+    mem_v: torch.Tensor
+    ring_k: torch.Tensor | None
+    ring_v: torch.Tensor | None
+
+
 class BCTAttention(nn.Module):
-    """Llama attention (same q/k/v/o names) whose keys/values are a memory plus a window."""
+    """Llama attention (same q/k/v/o names) whose keys/values are a memory plus a window.
+
+    Notation in shape comments: B batch, T new columns, H query heads, G KV heads, R = H / G, M memory
+    slots, W window, C chunk, d head size, S virtual sequence length, n = S / C chunks, nq query chunks.
+    """
 
     def __init__(self, config: BCTConfig, layer_idx: int):
         super().__init__()
@@ -43,7 +57,6 @@ class BCTAttention(nn.Module):
         self.head_dim = config.head_dim
         self.window = config.window
         self.chunk = config.chunk_size
-        self.slots = config.memory_slots
         self.scale = 1.0 / math.sqrt(self.head_dim)
         self.dropout = config.attention_dropout
         qkv_bias = config.attention_bias or config.qkv_bias
@@ -71,102 +84,164 @@ class BCTAttention(nn.Module):
         self,
         hidden_states: torch.Tensor,
         plan: ChunkPlan | StepPlan,
-        state: BCTCacheLayer | None = None,
+        cache_layer: BCTCacheLayer | None = None,
         want_signals: bool = False,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
-        """hidden_states (B, T, hidden) -> (B, T, hidden). Reads and updates `state` when given."""
+        """hidden_states (B, T, hidden) -> (B, T, hidden). Reads and updates `cache_layer` when given."""
         batch, new, _ = hidden_states.shape
         q, k, v = self.project(hidden_states)
-        if state is not None and not state.is_initialized:
-            state.initialize(*self.memory.initial_state(batch, k.dtype))
-        if state is None:
-            mem_k, mem_v = self.memory.initial_state(batch, k.dtype)
-            ring_k = ring_v = None
+        if cache_layer is None:
+            state = LayerState(*self.memory.initial_state(batch, k.dtype), None, None)
         else:
-            mem_k, mem_v, ring_k, ring_v = state.mem_keys, state.mem_values, state.keys, state.values
-        dropout = self.dropout if self.training else 0.0
-
-        if isinstance(plan, StepPlan):
-            out, new_state, signals = step_attention(
-                q,
-                k,
-                v,
-                mem_k,
-                mem_v,
-                ring_k,
-                ring_v,
-                plan,
-                self.memory.write,
-                self.chunk,
-                self.scale,
-                want_signals,
+            if not cache_layer.is_initialized:
+                cache_layer.initialize(*self.memory.initial_state(batch, k.dtype))
+            state = LayerState(
+                cache_layer.mem_keys, cache_layer.mem_values, cache_layer.keys, cache_layer.values
             )
+        if isinstance(plan, StepPlan):
+            out, state, signals = self.step(q, k, v, state, plan, want_signals)
         else:
-            out, new_state, signals = run_chunk_plan(
-                q, k, v, mem_k, mem_v, ring_k, ring_v, plan, self.memory.write, self.window, self.chunk,
-                self.scale, dropout, want_signals, keep_state=state is not None,
-            )  # fmt: skip
-        if state is not None:
-            state.store(*new_state)
+            out, state, signals = self.chunked(q, k, v, state, plan, want_signals, cache_layer is not None)
+        if cache_layer is not None:
+            cache_layer.store(*state)
         out = out.transpose(1, 2).reshape(batch, new, self.num_heads * self.head_dim)
-        return self.o_proj(out), (signals if want_signals else None)
+        return self.o_proj(out), signals
 
+    # ----------------------------------------------------------------------------------------------
+    # Parallel (chunked) path: training and prefill
+    # ----------------------------------------------------------------------------------------------
+    def chunked(self, q, k, v, state: LayerState, plan: ChunkPlan, want_signals: bool, keep_state: bool):
+        """Assemble each row's virtual sequence (ring + real new tokens), attend over it and return the
+        outputs for the new columns (B, H, T, d), the next state (None unless `keep_state`), signals."""
+        batch, heads, new, head_dim = q.shape
+        chunk, first = self.chunk, plan.first_chunk
+        ring_k, ring_v = state.ring_k, state.ring_v
+        if plan.uniform_ring_len is not None:  # all rows alike: slicing only
+            ring_len = plan.uniform_ring_len
+            pad = plan.length - ring_len - new
+            if ring_k is not None and ring_len > 0:
+                k = torch.cat((ring_k[:, :, :ring_len], k), dim=2)
+                v = torch.cat((ring_v[:, :, :ring_len], v), dim=2)
+            vk, vv = F.pad(k, (0, 0, 0, pad)), F.pad(v, (0, 0, 0, pad))  # (B, G, S, d)
+            vq = F.pad(q, (0, 0, ring_len - first * chunk, pad))  # (B, H, S - j0·C, d): query region only
+        else:  # rows differ in ring length or padding: gather each row's virtual sequence
+            source_k = k if ring_k is None else torch.cat((ring_k, k), dim=2)
+            source_v = v if ring_v is None else torch.cat((ring_v, v), dim=2)
+            index = plan.gather[:, None, :, None].expand(-1, self.num_kv_heads, -1, head_dim)
+            vk, vv = source_k.gather(2, index), source_v.gather(2, index)
+            region = plan.length - first * chunk
+            out_index = plan.out_index.masked_fill(~plan.real, region)  # pads go to a spare last row
+            vq = q.new_zeros(batch, heads, region + 1, head_dim)
+            vq = vq.scatter(2, out_index[:, None, :, None].expand(-1, heads, -1, head_dim), q)[:, :, :region]
 
-# --------------------------------------------------------------------------------------------------
-# Parallel (chunked) path
-# --------------------------------------------------------------------------------------------------
-def run_chunk_plan(q, k, v, mem_k, mem_v, ring_k, ring_v, plan: ChunkPlan, write, window, chunk, scale,
-                   dropout, want_signals, keep_state):  # fmt: skip
-    """Assemble each row's virtual sequence (ring + real new tokens), run `chunk_attention` on it and
-    return outputs for the new columns (B, H, T, d), the next (memory, ring) state (None unless
-    `keep_state`) and signals."""
-    batch, heads, new, head_dim = q.shape
-    length, j0 = plan.length, plan.first_chunk
-    if plan.uniform_ring_len is not None:
-        ring_len = plan.uniform_ring_len
-        pad = length - ring_len - new
-        if ring_k is None or ring_len == 0:
-            vk, vv = k, v
+        out, states, gate, share = self.attend_chunks(
+            vq, vk, vv, state.mem_k, state.mem_v, plan, want_signals
+        )
+        if plan.uniform_ring_len is not None:
+            start = plan.uniform_ring_len - first * chunk
+            out = out[:, :, start : start + new]
         else:
-            vk = torch.cat((ring_k[:, :, :ring_len], k), dim=2)
-            vv = torch.cat((ring_v[:, :, :ring_len], v), dim=2)
-        vk, vv = F.pad(vk, (0, 0, 0, pad)), F.pad(vv, (0, 0, 0, pad))  # (B, G, S, d)
-        vq = F.pad(q, (0, 0, ring_len - j0 * chunk, pad))  # (B, H, S - j0·C, d): query region only
-    else:
-        source_k = k if ring_k is None else torch.cat((ring_k, k), dim=2)
-        source_v = v if ring_v is None else torch.cat((ring_v, v), dim=2)
-        index = plan.gather[:, None, :, None].expand(-1, k.shape[1], -1, head_dim)
-        vk, vv = source_k.gather(2, index), source_v.gather(2, index)
-        # Scatter each new query to its virtual position; pads land on slot 0 and are overwritten or unused.
-        region = length - j0 * chunk
-        out_index = plan.out_index.masked_fill(~plan.real, region)  # pads go to a spare row
-        vq = q.new_zeros(batch, heads, region + 1, head_dim)
-        vq = vq.scatter(2, out_index[:, None, :, None].expand(-1, heads, -1, head_dim), q)[:, :, :region]
+            out = out.gather(2, plan.out_index[:, None, :, None].expand(-1, heads, -1, head_dim))
+            out = out * plan.real[:, None, :, None]
+        signals = {"attn_share": share, "write_gate": gate} if want_signals else None
+        if not keep_state:
+            return out, None, signals
+        rows = torch.arange(batch, device=q.device)
+        next_mem = torch.stack(states, dim=2)[rows, :, plan.writes]  # (B, G, M, 2d)
+        ring_index = plan.ring_index[:, None, :, None].expand(-1, self.num_kv_heads, -1, head_dim)
+        keep = plan.ring_valid[:, None, :, None]
+        next_state = LayerState(
+            next_mem[..., :head_dim],
+            next_mem[..., head_dim:],
+            vk.gather(2, ring_index) * keep,
+            vv.gather(2, ring_index) * keep,
+        )
+        return out, next_state, signals
 
-    out, states, gates, share = chunk_attention(
-        vq, vk, vv, mem_k, mem_v, plan.cos, plan.sin, write, window, chunk, j0, scale, dropout, want_signals
-    )
-    if plan.uniform_ring_len is not None:
-        start = plan.uniform_ring_len - j0 * chunk
-        out = out[:, :, start : start + new]
-    else:
-        index = plan.out_index[:, None, :, None].expand(-1, heads, -1, head_dim)
-        out = out.gather(2, index) * plan.real[:, None, :, None]
+    def attend_chunks(self, q, k, v, mem_k, mem_v, plan: ChunkPlan, want_share: bool):
+        """The parallel path on chunk-aligned virtual sequences.
 
-    signals = {"attn_share": share, "write_gate": gates} if want_signals else None
-    if not keep_state:
-        return out, None, signals
-    rows = torch.arange(batch, device=q.device)
-    next_mem = torch.stack(states, dim=2)[rows, :, plan.writes]  # (B, G, M, 2d)
-    ring_index = plan.ring_index[:, None, :, None].expand(-1, k.shape[1], -1, head_dim)
-    keep = plan.ring_valid[:, None, :, None]
-    next_state = (
-        next_mem[..., :head_dim],
-        next_mem[..., head_dim:],
-        vk.gather(2, ring_index) * keep,
-        vv.gather(2, ring_index) * keep,
-    )
-    return out, next_state, signals
+        q: (B, H, nq·C, d) queries of chunks j0..n-1; k, v: (B, G, n·C, d), all pre-RoPE; mem_k, mem_v:
+        (B, G, M, d) before virtual chunk 0. Returns out (B, H, nq·C, d), the memory states (list of
+        writes + 1 tensors (B, G, M, 2d)), the mean write gate and the share of attention on memory.
+        """
+        batch, heads, _, head_dim = q.shape
+        window, chunk, first = self.window, self.chunk, plan.first_chunk
+        kv_heads, length = k.shape[1], k.shape[2]
+        rep, num_chunks, slots = heads // kv_heads, length // chunk, mem_k.shape[2]
+        nq, lag = num_chunks - first, window // chunk
+
+        # 1. memory recurrence: chunk j reads the state after max(0, j - W/C) writes.
+        states, gate = scan_memory(self.memory.write, mem_k, mem_v, k, v, max(0, num_chunks - 1 - lag), chunk)
+        read = torch.stack([states[max(0, j - lag)] for j in range(first, num_chunks)], dim=2)
+        read_k, read_v = read[..., :head_dim], read[..., head_dim:]  # (B, G, nq, M, d)
+
+        # 2. block attention: chunk j attends to keys [j·C - W, j·C + C) of the left-padded sequence.
+        def per_chunk(x):  # (B, H, nq·C, d) -> (B, G, nq, R·C, d): query rows grouped per KV head
+            x = x.reshape(batch, kv_heads, rep, nq, chunk, head_dim).transpose(2, 3)
+            return x.reshape(batch, kv_heads, nq, rep * chunk, head_dim)
+
+        region = slice(first * chunk, length)
+        q_rot = per_chunk(apply_rotary(q, plan.cos[region], plan.sin[region]) * self.scale)
+        q_raw = per_chunk(q * self.scale)
+        k_rot = F.pad(apply_rotary(k, plan.cos, plan.sin), (0, 0, window, 0))  # (B, G, W + S, d)
+        k_win = k_rot.unfold(2, window + chunk, chunk)[:, :, first:]  # (B, G, nq, d, W + C)
+        v_win = F.pad(v, (0, 0, window, 0)).unfold(2, window + chunk, chunk)[:, :, first:].transpose(-1, -2)
+
+        scores_mem = torch.matmul(q_raw, read_k.transpose(-1, -2))  # (B, G, nq, R·C, M)
+        scores_win = torch.matmul(q_rot, k_win)  # (B, G, nq, R·C, W + C)
+        visible = chunk_mask(num_chunks, first, window, chunk, q.device).repeat(1, rep, 1)  # (nq, R·C, W + C)
+        scores_win = scores_win.masked_fill(~visible, torch.finfo(scores_win.dtype).min)
+        probs = torch.softmax(torch.cat((scores_mem, scores_win), dim=-1).float(), dim=-1).to(q.dtype)
+        share = probs[..., :slots].detach().float().sum(-1).mean() if want_share else None
+        if self.training and self.dropout:
+            probs = F.dropout(probs, p=self.dropout, training=True)
+        out = torch.matmul(probs[..., :slots], read_v) + torch.matmul(
+            probs[..., slots:], v_win
+        )  # (B,G,nq,R·C,d)
+        out = out.reshape(batch, kv_heads, nq, rep, chunk, head_dim).transpose(2, 3)
+        return out.reshape(batch, heads, nq * chunk, head_dim), states, gate, share
+
+    # ----------------------------------------------------------------------------------------------
+    # Step path: decoding, one real token per row against the ring
+    # ----------------------------------------------------------------------------------------------
+    def step(self, q, k, v, state: LayerState, plan: StepPlan, want_signals: bool):
+        """q (B, H, 1, d); k, v (B, G, 1, d). Rows whose ring is full and whose token starts a chunk first
+        write their oldest chunk into memory and shift the ring; then the token lands at `plan.position`."""
+        batch, heads, _, head_dim = q.shape
+        chunk, kv_heads, rep = self.chunk, self.num_kv_heads, heads // self.num_kv_heads
+        mem_k, mem_v, ring_k, ring_v = state
+        gate = None
+        if plan.any_evict:
+            evict = plan.evict[:, None, None, None]
+            if mem_k.shape[2] > 0:
+                evicted_k, evicted_v = ring_k[:, :, :chunk], ring_v[:, :, :chunk]
+                new_k, new_v, gates = self.memory.write.write_chunk(mem_k, mem_v, evicted_k, evicted_v)
+                mem_k, mem_v = torch.where(evict, new_k, mem_k), torch.where(evict, new_v, mem_v)
+                gate = gates[plan.evict].detach().float().mean() if want_signals else None
+            ring_k = torch.where(evict, F.pad(ring_k[:, :, chunk:], (0, 0, 0, chunk)), ring_k)
+            ring_v = torch.where(evict, F.pad(ring_v[:, :, chunk:], (0, 0, 0, chunk)), ring_v)
+        slot = plan.position[:, None, None, None].expand(-1, kv_heads, 1, head_dim)
+        ring_k, ring_v = ring_k.scatter(2, slot, k), ring_v.scatter(2, slot, v)
+
+        cos_q = plan.cos[plan.position][:, None, None]  # (B, 1, 1, d): local position of the new token
+        sin_q = plan.sin[plan.position][:, None, None]
+        q_raw = q.view(batch, kv_heads, rep, head_dim) * self.scale
+        q_rot = apply_rotary(q, cos_q, sin_q).view(batch, kv_heads, rep, head_dim) * self.scale
+        k_rot = apply_rotary(ring_k, plan.cos, plan.sin)  # (B, G, W + C, d): ring index = local position
+        scores_mem = torch.matmul(q_raw, mem_k.transpose(-1, -2))  # (B, G, R, M)
+        scores_win = torch.matmul(q_rot, k_rot.transpose(-1, -2))  # (B, G, R, W + C)
+        future = torch.arange(ring_k.shape[2], device=q.device) > plan.position[:, None]  # (B, W + C)
+        scores_win = scores_win.masked_fill(future[:, None, None], torch.finfo(scores_win.dtype).min)
+        probs = torch.softmax(torch.cat((scores_mem, scores_win), dim=-1).float(), dim=-1).to(q.dtype)
+        slots = mem_k.shape[2]
+        out = torch.matmul(probs[..., :slots], mem_v) + torch.matmul(
+            probs[..., slots:], ring_v
+        )  # (B, G, R, d)
+        signals = None
+        if want_signals:
+            signals = {"attn_share": probs[..., :slots].float().sum(-1).mean(), "write_gate": gate}
+        return out.reshape(batch, heads, 1, head_dim), LayerState(mem_k, mem_v, ring_k, ring_v), signals
 
 
 def scan_memory(write: MemoryWrite, mem_k, mem_v, k, v, num_writes: int, chunk: int):
@@ -194,94 +269,6 @@ def chunk_mask(num_chunks: int, first_chunk: int, window: int, chunk: int, devic
     r = torch.arange(chunk, device=device)[None, :, None]
     w = torch.arange(window + chunk, device=device)[None, None, :]
     return (w <= window + r) & (j * chunk - window + w >= 0)
-
-
-def chunk_attention(q, k, v, mem_k, mem_v, cos, sin, write, window, chunk, first_chunk, scale, dropout=0.0,
-                    want_share=False):  # fmt: skip
-    """The parallel path on chunk-aligned virtual sequences.
-
-    q: (B, H, (n - j0)·C, d) queries of chunks j0..n-1; k, v: (B, G, n·C, d) all pre-RoPE;
-    mem_k, mem_v: (B, G, M, d) memory before virtual chunk 0; cos, sin: (n·C, d).
-    Returns out (B, H, (n - j0)·C, d), the memory states (list of writes + 1 tensors (B, G, M, 2d)), the mean
-    write gate and the share of attention on memory.
-    """
-    batch, heads, _, head_dim = q.shape
-    kv_heads, length = k.shape[1], k.shape[2]
-    rep, num_chunks, slots = heads // kv_heads, length // chunk, mem_k.shape[2]
-    nq = num_chunks - first_chunk
-    lag = window // chunk
-
-    # 1. memory recurrence: chunk j reads the state after max(0, j - W/C) writes.
-    num_writes = max(0, num_chunks - 1 - lag)
-    states, gate = scan_memory(write, mem_k, mem_v, k, v, num_writes, chunk)
-    read = torch.stack([states[max(0, j - lag)] for j in range(first_chunk, num_chunks)], dim=2)
-    read_k, read_v = read[..., :head_dim], read[..., head_dim:]  # (B, G, nq, M, d)
-
-    # 2. block attention: chunk j attends to keys [j·C - W, j·C + C) of the left-padded sequence.
-    def per_chunk(x):  # (B, H, nq·C, d) -> (B, G, nq, R·C, d), query rows grouped per KV head
-        x = x.reshape(batch, kv_heads, rep, nq, chunk, head_dim).transpose(2, 3)
-        return x.reshape(batch, kv_heads, nq, rep * chunk, head_dim)
-
-    region = slice(first_chunk * chunk, length)
-    q_rot = per_chunk(apply_rotary(q, cos[region], sin[region]) * scale)
-    q_raw = per_chunk(q * scale)
-    k_rot = F.pad(apply_rotary(k, cos, sin), (0, 0, window, 0))  # (B, G, W + S, d)
-    k_win = k_rot.unfold(2, window + chunk, chunk)[:, :, first_chunk:]  # (B, G, nq, d, W + C)
-    v_win = F.pad(v, (0, 0, window, 0)).unfold(2, window + chunk, chunk)[:, :, first_chunk:].transpose(-1, -2)
-
-    scores_mem = torch.matmul(q_raw, read_k.transpose(-1, -2))  # (B, G, nq, R·C, M)
-    scores_win = torch.matmul(q_rot, k_win)  # (B, G, nq, R·C, W + C)
-    visible = chunk_mask(num_chunks, first_chunk, window, chunk, q.device).repeat(1, rep, 1)  # (nq, R·C, W+C)
-    scores_win = scores_win.masked_fill(~visible, torch.finfo(scores_win.dtype).min)
-    probs = torch.softmax(torch.cat((scores_mem, scores_win), dim=-1).float(), dim=-1).to(q.dtype)
-    share = probs[..., :slots].detach().float().sum(-1).mean() if want_share else None
-    if dropout:
-        probs = F.dropout(probs, p=dropout, training=True)
-    out = torch.matmul(probs[..., :slots], read_v) + torch.matmul(probs[..., slots:], v_win)  # (B,G,nq,R·C,d)
-    out = out.reshape(batch, kv_heads, nq, rep, chunk, head_dim).transpose(2, 3)
-    return out.reshape(batch, heads, nq * chunk, head_dim), states, gate, share
-
-
-# --------------------------------------------------------------------------------------------------
-# Step (decoding) path
-# --------------------------------------------------------------------------------------------------
-def step_attention(
-    q, k, v, mem_k, mem_v, ring_k, ring_v, plan: StepPlan, write, chunk, scale, want_signals=False
-):
-    """One new real token per row. q (B, H, 1, d); k, v (B, G, 1, d); ring (B, G, W + C, d) pre-RoPE.
-    Rows whose ring is full and whose token starts a chunk first write their oldest chunk into memory."""
-    batch, heads, _, head_dim = q.shape
-    kv_heads, ring_size = k.shape[1], ring_k.shape[2]
-    rep = heads // kv_heads
-    gate = None
-    if plan.any_evict:
-        evict = plan.evict[:, None, None, None]
-        if mem_k.shape[2] > 0:
-            new_mk, new_mv, gates = write.write_chunk(
-                mem_k, mem_v, ring_k[:, :, :chunk], ring_v[:, :, :chunk]
-            )
-            mem_k, mem_v = torch.where(evict, new_mk, mem_k), torch.where(evict, new_mv, mem_v)
-            gate = gates[plan.evict].detach().float().mean() if want_signals else None
-        ring_k = torch.where(evict, F.pad(ring_k[:, :, chunk:], (0, 0, 0, chunk)), ring_k)
-        ring_v = torch.where(evict, F.pad(ring_v[:, :, chunk:], (0, 0, 0, chunk)), ring_v)
-    slot = plan.position[:, None, None, None].expand(-1, kv_heads, 1, head_dim)
-    ring_k, ring_v = ring_k.scatter(2, slot, k), ring_v.scatter(2, slot, v)
-
-    cos_q, sin_q = plan.cos[plan.position][:, None, None], plan.sin[plan.position][:, None, None]  # (B,1,1,d)
-    q_raw = q.view(batch, kv_heads, rep, head_dim) * scale
-    q_rot = apply_rotary(q, cos_q, sin_q).view(batch, kv_heads, rep, head_dim) * scale
-    k_rot = apply_rotary(ring_k, plan.cos, plan.sin)  # (B, G, W + C, d)
-    scores_mem = torch.matmul(q_raw, mem_k.transpose(-1, -2))  # (B, G, R, M)
-    scores_win = torch.matmul(q_rot, k_rot.transpose(-1, -2))  # (B, G, R, W + C)
-    future = torch.arange(ring_size, device=q.device) > plan.position[:, None]  # (B, W + C)
-    scores_win = scores_win.masked_fill(future[:, None, None], torch.finfo(scores_win.dtype).min)
-    probs = torch.softmax(torch.cat((scores_mem, scores_win), dim=-1).float(), dim=-1).to(q.dtype)
-    slots = mem_k.shape[2]
-    out = torch.matmul(probs[..., :slots], mem_v) + torch.matmul(probs[..., slots:], ring_v)  # (B, G, R, d)
-    signals = None
-    if want_signals:
-        signals = {"attn_share": probs[..., :slots].float().sum(-1).mean(), "write_gate": gate}
-    return out.reshape(batch, heads, 1, head_dim), (mem_k, mem_v, ring_k, ring_v), signals
 
 
 # --------------------------------------------------------------------------------------------------

@@ -48,8 +48,10 @@ class BCTDecoderLayer(GradientCheckpointingLayer):
         self.post_attention_layernorm = LlamaRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
 
     def forward(self, hidden_states, plan, past_key_values=None, want_signals=False):
-        state = None if past_key_values is None else past_key_values.layers[self.self_attn.layer_idx]
-        attn_out, signals = self.self_attn(self.input_layernorm(hidden_states), plan, state, want_signals)
+        cache_layer = None if past_key_values is None else past_key_values.layers[self.self_attn.layer_idx]
+        attn_out, signals = self.self_attn(
+            self.input_layernorm(hidden_states), plan, cache_layer, want_signals
+        )
         hidden_states = hidden_states + attn_out
         hidden_states = hidden_states + self.mlp(self.post_attention_layernorm(hidden_states))
         return hidden_states, signals
