@@ -147,7 +147,7 @@ class BCTAttention(nn.Module):
         if not keep_state:
             return out, None, signals
         rows = torch.arange(batch, device=q.device)
-        next_mem = torch.stack(states, dim=2)[rows, :, plan.writes]  # (B, G, M, 2d)
+        next_mem = states[rows, :, plan.writes]  # (B, G, M, 2d)
         ring_index = plan.ring_index[:, None, :, None].expand(-1, self.num_kv_heads, -1, head_dim)
         keep = plan.ring_valid[:, None, :, None]
         next_state = LayerState(
@@ -162,8 +162,8 @@ class BCTAttention(nn.Module):
         """The parallel path on chunk-aligned virtual sequences.
 
         q: (B, H, nq·C, d) queries of chunks j0..n-1; k, v: (B, G, n·C, d), all pre-RoPE; mem_k, mem_v:
-        (B, G, M, d) before virtual chunk 0. Returns out (B, H, nq·C, d), the memory states (list of
-        writes + 1 tensors (B, G, M, 2d)), the mean write gate and the share of attention on memory.
+        (B, G, M, d) before virtual chunk 0. Returns out (B, H, nq·C, d), the memory states
+        (B, G, writes + 1, M, 2d), the mean write gate and the share of attention on memory.
         """
         batch, heads, _, head_dim = q.shape
         window, chunk, first = self.window, self.chunk, plan.first_chunk
@@ -173,7 +173,7 @@ class BCTAttention(nn.Module):
 
         # 1. memory recurrence: chunk j reads the state after max(0, j - W/C) writes.
         states, gate = scan_memory(self.memory.write, mem_k, mem_v, k, v, max(0, num_chunks - 1 - lag), chunk)
-        read = torch.stack([states[max(0, j - lag)] for j in range(first, num_chunks)], dim=2)
+        read = read_states(states, first, num_chunks, lag)
         read_k, read_v = read[..., :head_dim], read[..., head_dim:]  # (B, G, nq, M, d)
 
         # 2. block attention: chunk j attends to keys [j·C - W, j·C + C) of the left-padded sequence.
@@ -245,21 +245,25 @@ class BCTAttention(nn.Module):
 
 
 def scan_memory(write: MemoryWrite, mem_k, mem_v, k, v, num_writes: int, chunk: int):
-    """Write virtual chunks 0..num_writes-1 in order. Returns the list of num_writes + 1 memory states
-    (B, G, M, 2d) = [keys | values], and the mean write gate (None when nothing was written)."""
+    """Write virtual chunks 0..num_writes-1 in order. Returns all num_writes + 1 memory states stacked,
+    (B, G, num_writes + 1, M, 2d) = [keys | values], and the mean write gate (None when nothing was written)."""
     mem = torch.cat((mem_k, mem_v), dim=-1)
     if mem.shape[2] == 0 or num_writes == 0:
-        return [mem] * (num_writes + 1), None
+        return mem.unsqueeze(2).expand(-1, -1, num_writes + 1, -1, -1), None
     span = num_writes * chunk
     features = write.token_features(k[:, :, :span], v[:, :, :span])  # (B, G, span, F)
     batch, heads, _, width = features.shape
-    states, gates = [mem], []
-    # unbind, not slicing: the backward of one unbind is one stack, that of n slices is n full-size zero fills.
-    for chunk_features in features.reshape(batch, heads, num_writes, chunk, width).unbind(2):
-        mem, gate = write(mem, chunk_features)
-        states.append(mem)
-        gates.append(gate.detach())
-    return states, torch.stack(gates).float().mean()
+    states, gates = write.scan(mem, features.reshape(batch, heads, num_writes, chunk, width))
+    return states, gates.detach().float().mean()
+
+
+def read_states(states: torch.Tensor, first_chunk: int, num_chunks: int, lag: int) -> torch.Tensor:
+    """The state each query chunk j = first..n-1 reads, index max(0, j - lag): (B, G, nq, M, 2d).
+    Built from one expand and one slice (cheap backward), not an index with repeats."""
+    leading = max(0, min(num_chunks, lag + 1) - first_chunk)  # chunks still reading the initial state
+    start = max(1, first_chunk - lag)
+    initial = states[:, :, :1].expand(-1, -1, leading, -1, -1)
+    return torch.cat((initial, states[:, :, start : num_chunks - lag]), dim=2)
 
 
 def chunk_mask(num_chunks: int, first_chunk: int, window: int, chunk: int, device) -> torch.Tensor:

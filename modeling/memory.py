@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from .configuration_bct import BCTConfig
+from .gated_scan import GatedScan, gated_scan_steps
 
 # Floor on the slot mass before the log: a slot that got nothing has its gate pushed shut (log 1e-6 ≈ -13.8).
 _MASS_FLOOR = 1e-6
@@ -43,6 +44,17 @@ class MemoryWrite(nn.Module):
         """mem: (B, G, M, 2d); features: (B, G, C, F) of the chunk leaving the window. Returns the new mem and
         the per-slot write strength (B, G, M) in [0, 1] (the `write_gate` signal)."""
         raise NotImplementedError
+
+    def scan(self, mem: torch.Tensor, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write n chunks in order. mem (B, G, M, 2d); features (B, G, n, C, F). Returns every state
+        (B, G, n + 1, M, 2d), the initial one first, and the gates (B, G, n, M). Rules may override this
+        with a faster equivalent of this loop."""
+        states, gates = [mem], []
+        for chunk_features in features.unbind(2):
+            mem, gate = self(mem, chunk_features)
+            states.append(mem)
+            gates.append(gate)
+        return torch.stack(states, dim=2), torch.stack(gates, dim=2)
 
     def write_chunk(self, mem_k, mem_v, chunk_k, chunk_v):
         """One chunk given as keys/values (B, G, C, d): returns new mem_k, mem_v (B, G, M, d) and the gate."""
@@ -85,6 +97,12 @@ class GatedSlotWrite(MemoryWrite):
         gate_logit = self.gate_bias + torch.matmul(mem_k, self.gate_mem) + candidates[..., -1:]
         gate = torch.sigmoid(torch.addcmul(gate_logit, self.gate_mass, mass.log()))  # (B, G, M, 1)
         return torch.lerp(mem, candidates[..., :-1], gate), gate.squeeze(-1)
+
+    def scan(self, mem, features):
+        params = (self.gate_bias, self.gate_mem, self.gate_mass)
+        if torch.is_grad_enabled() and any(t.requires_grad for t in (mem, features, *params)):
+            return GatedScan.apply(mem, features, *params, _MASS_FLOOR)
+        return gated_scan_steps(mem, features, *params, _MASS_FLOOR)
 
 
 class FifoWrite(MemoryWrite):

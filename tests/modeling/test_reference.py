@@ -77,3 +77,34 @@ def test_fast_path_matches_reference_gradients(rule):
         scale = ref_grads[name].abs().max().clamp_min(1e-3)
         assert (fast_grads[name] - ref_grads[name]).abs().max() / scale <= 1e-4, name
     assert (fast_input - ref_input).abs().max() <= 1e-4
+
+
+def test_fused_gated_scan_matches_autograd_steps():
+    """GatedScan's hand-written backward against autograd through the one-step rule (float64)."""
+    from modeling.memory import GatedSlotWrite, MemoryWrite
+
+    torch.manual_seed(0)
+    write = GatedSlotWrite(num_kv_heads=2, slots=5, head_dim=8, gate_bias_init=0.0).double()
+    with torch.no_grad():
+        for param in write.parameters():
+            param.add_(torch.randn_like(param) * 0.3)
+    mem = torch.randn(3, 2, 5, 16, dtype=torch.float64, requires_grad=True)
+    k = torch.randn(3, 2, 4 * 6, 8, dtype=torch.float64, requires_grad=True)
+    v = torch.randn(3, 2, 4 * 6, 8, dtype=torch.float64, requires_grad=True)
+    weights = torch.randn(3, 2, 5, 5, 16, dtype=torch.float64)
+
+    def run(scan):
+        features = write.token_features(k, v).reshape(3, 2, 4, 6, -1)
+        states, gates = scan(write, mem, features)
+        for tensor in (mem, k, v, *write.parameters()):
+            tensor.grad = None
+        (states * weights).sum().backward()
+        return states.detach(), gates, [t.grad.clone() for t in (mem, k, v, *write.parameters())]
+
+    fused = run(GatedSlotWrite.scan)
+    stepped = run(MemoryWrite.scan)  # the interface's plain loop over the autograd one-step rule
+    assert torch.allclose(fused[0], stepped[0], atol=1e-12)
+    assert torch.allclose(fused[1], stepped[1], atol=1e-12)
+    names = ["mem", "k", "v"] + [name for name, _ in write.named_parameters()]
+    for name, a, b in zip(names, fused[2], stepped[2]):
+        assert torch.allclose(a, b, atol=1e-10), name
