@@ -1,0 +1,210 @@
+"""Synthetic long-context tasks: passkey retrieval and multi-query associative recall (MQAR).
+
+Every example is a dict of int64 tensors: `input_ids` (L,), `labels` (L,) equal to `input_ids` at the answer
+positions and -100 elsewhere, and `answer_positions` (k,). Exact-match accuracy at an answer position `p`
+means `argmax(logits[p - 1]) == input_ids[p]` (HF convention: the model shifts labels internally).
+
+The example makers are plain functions of an `np.random.Generator`, so the same call with the same
+generator state gives the same example; `eval/` calls them over a grid, and training mixes them in through
+`SyntheticMixer`, whose generator is seeded from `(seed, position)` so a resumed run draws the same ones.
+
+- **Passkey** (`make_passkey_example`): an instruction, filler made of real corpus token ids, a needle
+  "The pass key is <5 digits>." at a chosen depth in the filler, then the question and the answer. The
+  pieces are tokenized separately and concatenated, so the answer tokens are exactly the tokens of the key
+  piece " <key>", which also appears verbatim (same ids) inside the needle.
+- **MQAR** (`make_mqar_example`): `num_pairs` key→value pairs, random filler tokens, then `num_queries`
+  distinct keys of those pairs each followed by its value (the answer). Keys, values and filler come from
+  disjoint id ranges (`mqar_token_ranges`), so a key id never occurs in the filler or as a value.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from transformers import PreTrainedTokenizerFast
+
+from data.config import DataConfig, invalid
+from data.tokenizer import encode_batch
+
+IGNORE_INDEX = -100
+PASSKEY_INTRO = (
+    "Somewhere in the long text below there is a pass key. "
+    "Find it and keep it in mind: you will be asked for it at the end.\n"
+)
+PASSKEY_NEEDLE = ("\nThe pass key is", ". Remember it.\n")  # the key piece " <key>" goes between
+PASSKEY_QUESTION = "\nWhat is the pass key? The pass key is"
+PASSKEY_KEY_BYTES = 6  # " 12345": a key piece is at most this many tokens (byte-level BPE: tokens <= bytes)
+_MIX_STREAM = 0x5EED  # separates the mixer's random stream from other uses of the same seed
+
+Example = dict[str, torch.Tensor]
+
+
+def make_passkey_example(
+    tokenizer: PreTrainedTokenizerFast,
+    filler_ids: np.ndarray | torch.Tensor,
+    context_len: int,
+    depth: float,
+    rng: np.random.Generator,
+) -> Example:
+    """A passkey example of exactly `context_len` tokens.
+
+    `filler_ids` (1-D) is real corpus text as token ids (e.g. `corpus.validation.flatten()`); a contiguous
+    window of it at a random offset fills the context (wrapping around if it is too short). `depth` in
+    [0, 1] places the needle: 0 right after the instruction, 1 right before the question. The key is a
+    random 5-digit number. The answer is the last `len(answer_positions)` tokens."""
+    if not 0 <= depth <= 1:
+        raise ValueError(
+            f"depth = {depth!r} is not allowed: a fraction in [0, 1] of the filler before the needle."
+        )
+    filler_ids = np.asarray(filler_ids, dtype=np.int64).reshape(-1)
+    if filler_ids.size == 0:
+        raise ValueError("filler_ids = [] is not allowed: at least one token of filler text.")
+    key = f" {int(rng.integers(10_000, 100_000))}"
+    pieces = [PASSKEY_INTRO, PASSKEY_NEEDLE[0], key, PASSKEY_NEEDLE[1], PASSKEY_QUESTION]
+    intro, needle_start, answer, needle_end, question = (
+        np.asarray(ids, dtype=np.int64) for ids in encode_batch(tokenizer, pieces)
+    )
+    needle = np.concatenate([needle_start, answer, needle_end])
+    filler_len = context_len - len(intro) - len(needle) - len(question) - len(answer)
+    if filler_len < 0:
+        raise ValueError(
+            f"context_len = {context_len} is not allowed: at least {context_len - filler_len} tokens for the "
+            "passkey's instruction, needle, question and answer with this tokenizer."
+        )
+    start = int(rng.integers(len(filler_ids)))
+    filler = filler_ids[(start + np.arange(filler_len)) % len(filler_ids)]  # (filler_len,) window, wrapping
+    before = round(depth * filler_len)
+    # (context_len,) instruction, filler, needle, filler, question, answer
+    ids = np.concatenate([intro, filler[:before], needle, filler[before:], question, answer])
+    return _example(ids, np.arange(context_len - len(answer), context_len))
+
+
+def passkey_min_length(tokenizer: PreTrainedTokenizerFast) -> int:
+    """Upper bound on the tokens a passkey example needs besides filler, for any key."""
+    fixed = encode_batch(tokenizer, [PASSKEY_INTRO, *PASSKEY_NEEDLE, PASSKEY_QUESTION])
+    return sum(len(ids) for ids in fixed) + 2 * PASSKEY_KEY_BYTES
+
+
+def mqar_token_ranges(vocab_size: int) -> dict[str, range]:
+    """Disjoint id ranges for MQAR: filler [V/4, V/2), keys [V/2, 3V/4), values [3V/4, V).
+
+    The lowest quarter is left out because tokenizers put special tokens and raw bytes there. Pass the size
+    of the tokenizer's base vocabulary (`tokenizer.backend_tokenizer.get_vocab_size(with_added_tokens=False)`),
+    so that added special tokens above it are never drawn."""
+    quarter = vocab_size // 4
+    return {
+        "filler": range(quarter, 2 * quarter),
+        "keys": range(2 * quarter, 3 * quarter),
+        "values": range(3 * quarter, vocab_size),
+    }
+
+
+def make_mqar_example(
+    vocab_size: int, num_pairs: int, num_queries: int, seq_len: int, rng: np.random.Generator
+) -> Example:
+    """An MQAR example of exactly `seq_len` tokens:
+    `k1 v1 ... kn vn  f f ... f  q1 a1 ... qm am` with distinct keys, `q_i` distinct keys among the `k`,
+    `a_i` the value paired with `q_i`; `answer_positions` are the positions of the `a_i`. The filler length
+    `seq_len - 2 * (num_pairs + num_queries)` sets the distance between the pairs and the queries."""
+    ranges = mqar_token_ranges(vocab_size)
+    if not 1 <= num_pairs <= len(ranges["keys"]):
+        raise ValueError(
+            f"num_pairs = {num_pairs} is not allowed: between 1 and the {len(ranges['keys'])} distinct keys a "
+            f"vocabulary of {vocab_size} offers."
+        )
+    if not 1 <= num_queries <= num_pairs:
+        raise ValueError(
+            f"num_queries = {num_queries} is not allowed: between 1 and num_pairs = {num_pairs}."
+        )
+    gap = seq_len - 2 * (num_pairs + num_queries)
+    if gap < 0:
+        raise ValueError(
+            f"seq_len = {seq_len} is not allowed: at least 2 * (num_pairs + num_queries) = {seq_len - gap}."
+        )
+    keys = ranges["keys"].start + rng.choice(len(ranges["keys"]), size=num_pairs, replace=False)
+    values = rng.integers(ranges["values"].start, ranges["values"].stop, size=num_pairs)
+    asked = rng.choice(num_pairs, size=num_queries, replace=False)
+    filler = rng.integers(ranges["filler"].start, ranges["filler"].stop, size=gap)
+    pairs = np.stack([keys, values], axis=1).reshape(-1)  # (2n,) k1 v1 k2 v2 ...
+    queries = np.stack([keys[asked], values[asked]], axis=1).reshape(-1)  # (2m,) q1 a1 q2 a2 ...
+    ids = np.concatenate([pairs, filler, queries])  # (seq_len,)
+    return _example(ids, 2 * num_pairs + gap + 2 * np.arange(num_queries) + 1)
+
+
+def _example(ids: np.ndarray, answer_positions: np.ndarray) -> Example:
+    # Built in numpy and wrapped: tiny torch ops can stall on a busy intra-op thread pool (see loader.py).
+    ids = ids.astype(np.int64)
+    labels = np.full_like(ids, IGNORE_INDEX)
+    labels[answer_positions] = ids[answer_positions]
+    return {
+        "input_ids": torch.from_numpy(ids),
+        "labels": torch.from_numpy(labels),
+        "answer_positions": torch.from_numpy(answer_positions.astype(np.int64)),
+    }
+
+
+class SyntheticDataset(torch.utils.data.Dataset):
+    """A map-style dataset of `size` examples; item `i` is `make_example(np.random.default_rng([seed, i]))`,
+    so it does not depend on access order. E.g.
+    `SyntheticDataset(functools.partial(make_passkey_example, tok, filler, 4096, 0.5), size=50, seed=0)`."""
+
+    def __init__(self, make_example: Callable[[np.random.Generator], Example], size: int, seed: int) -> None:
+        self.make_example, self.size, self.seed = make_example, size, seed
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, index: int) -> Example:
+        if not 0 <= index < self.size:
+            raise IndexError(index)
+        return self.make_example(np.random.default_rng([self.seed, index]))
+
+
+class SyntheticMixer:
+    """Replaces training rows by synthetic examples, in place.
+
+    Each row of a batch is replaced with probability `synthetic_fraction`, by a task drawn uniformly from
+    `synthetic_tasks`. Draws come from a generator seeded by `(seed, position)`, where the loader passes the
+    batch's position (epoch, batch index, rank), so they are the same in every run and after a resume. A
+    replaced corpus row is not trained on in that epoch (another is, the next epoch). A passkey example
+    uses the row it replaces as filler, so its filler is real text in every mode, streaming included."""
+
+    def __init__(self, cfg: DataConfig, tokenizer: PreTrainedTokenizerFast, seed: int) -> None:
+        self.tokenizer, self.seed = tokenizer, seed
+        self.fraction, self.tasks = cfg.synthetic_fraction, list(cfg.synthetic_tasks)
+        self.seq_len = cfg.seq_len
+        self.num_pairs, self.num_queries = cfg.mqar_num_pairs, cfg.mqar_num_queries
+        self.vocab_size = tokenizer.backend_tokenizer.get_vocab_size(with_added_tokens=False)
+        if "passkey" in self.tasks and passkey_min_length(tokenizer) >= cfg.seq_len:
+            raise invalid(
+                "seq_len",
+                cfg.seq_len,
+                f"more than the {passkey_min_length(tokenizer)} tokens a passkey example needs besides filler "
+                "with this tokenizer (or drop passkey from synthetic_tasks)",
+            )
+        if "mqar" in self.tasks and self.num_pairs > len(mqar_token_ranges(self.vocab_size)["keys"]):
+            raise invalid(
+                "mqar_num_pairs",
+                self.num_pairs,
+                f"at most {len(mqar_token_ranges(self.vocab_size)['keys'])}, the distinct keys this "
+                f"tokenizer's {self.vocab_size} ids offer",
+            )
+
+    def apply(self, input_ids: torch.Tensor, labels: torch.Tensor, position: tuple[int, ...]) -> None:
+        """Mix into a batch `input_ids`/`labels` (B, seq_len) int64 CPU tensors, in place."""
+        rng = np.random.default_rng([self.seed, _MIX_STREAM, *position])
+        replaced = np.flatnonzero(rng.random(len(input_ids)) < self.fraction)
+        ids, targets = input_ids.numpy(), labels.numpy()  # views: writes land in the tensors
+        for row in replaced:
+            task = self.tasks[int(rng.integers(len(self.tasks)))]
+            if task == "passkey":
+                depth = float(rng.random())
+                example = make_passkey_example(self.tokenizer, ids[row], self.seq_len, depth, rng)
+            else:
+                example = make_mqar_example(
+                    self.vocab_size, self.num_pairs, self.num_queries, self.seq_len, rng
+                )
+            ids[row] = example["input_ids"].numpy()
+            targets[row] = example["labels"].numpy()
