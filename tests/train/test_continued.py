@@ -1,0 +1,77 @@
+"""Continued training: `init_from` a Llama checkpoint (converted once into output_dir/init/, then loaded)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.train.runner import losses, run_train
+from training.tracking import read_metrics
+
+
+def test_continue_from_tiny_llama_checkpoint(tiny_llama_dir, data_cache, tmp_path):
+    out = tmp_path / "run"
+    run_train(
+        [
+            "--config",
+            "configs/debug.yaml",
+            f"output_dir={out}",
+            f"data.cache_dir={data_cache}",
+            f"init_from={tiny_llama_dir}",
+            "model.config=null",
+            "model.memory_slots=4",
+            "max_steps=8",
+            "train.save_every=0",
+            "train.eval_every=0",
+        ]
+    )
+    init = json.loads((out / "init" / "config.json").read_text())
+    assert init["model_type"] == "bct" and init["memory_slots"] == 4 and init["num_hidden_layers"] == 2
+    # The source's weights arrive unchanged in the converted init; only memory parameters are new.
+    source = load_file(tiny_llama_dir / "model.safetensors")
+    converted = load_file(out / "init" / "model.safetensors")
+    assert torch.equal(
+        source["model.layers.1.mlp.down_proj.weight"], converted["model.layers.1.mlp.down_proj.weight"]
+    )
+    assert any(".memory." in k for k in converted) and not any(".memory." in k for k in source)
+    loss = losses(read_metrics(out / "metrics.jsonl"))
+    assert sorted(loss) == list(range(1, 9)) and all(torch.isfinite(torch.tensor(v)) for v in loss.values())
+    assert (out / "step_8" / "trainer_state.json").is_file()
+    assert (out / "export" / "model.safetensors").is_file() and (out / "export" / "tokenizer.json").is_file()
+
+
+@pytest.mark.slow
+def test_continue_from_packaged_smollm2_gguf(data_cache, tmp_path):
+    """configs/continue_smollm2.yaml shrunk to 2 steps of 2 x 128 tokens on CPU."""
+    out = tmp_path / "run"
+    proc = run_train(
+        [
+            "--config",
+            "configs/continue_smollm2.yaml",
+            f"output_dir={out}",
+            f"data.cache_dir={data_cache}",
+            "data.max_chars=1000000",
+            "data.validation_fraction=0.2",
+            "data.seq_len=128",
+            "model.memory_slots=8",
+            "model.window=64",
+            "model.chunk_size=64",
+            "max_steps=2",
+            "optim.warmup_steps=1",
+            "train.micro_batch_size=2",
+            "train.grad_accum=1",
+            "train.eval_batches=1",
+            "train.save_every=0",
+            "tracking.report_to=none",
+            "export.max_new_tokens=8",
+        ],
+        timeout=900,
+    )
+    config = json.loads((out / "export" / "config.json").read_text())
+    assert (config["num_hidden_layers"], config["hidden_size"], config["vocab_size"]) == (30, 576, 49152)
+    loss = losses(read_metrics(out / "metrics.jsonl"))
+    assert list(loss) == [2] and loss[2] < 6.0, loss  # pretrained: far below uniform (ln 49152 = 10.8)
+    assert "sample:" in proc.stdout

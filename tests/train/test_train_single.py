@@ -1,0 +1,136 @@
+"""One process, configs/debug.yaml, 20 steps: learning, logs, checkpoints, trackers and the export."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from tests.train.runner import PYTHON, REPO, copy_checkpoint, debug_args, losses, run_train, train_env
+from training.checkpoint import list_checkpoints
+from training.config import OptimConfig, RunConfig
+from training.optim import lr_factor
+from training.schema import from_dict
+
+
+def test_debug_run_learns_and_writes_everything(baseline, baseline_metrics):
+    loss = losses(baseline_metrics)
+    assert sorted(loss) == list(range(1, 21))
+    first, last = sum(loss[s] for s in (1, 2, 3)) / 3, sum(loss[s] for s in (18, 19, 20)) / 3
+    assert last < first - 0.3, f"loss did not fall: {first:.3f} -> {last:.3f}"
+    val = [m["val/loss"] for m in baseline_metrics if "val/loss" in m]
+    assert len(val) == 2 and val[1] < val[0]
+    assert [p.name for p in list_checkpoints(baseline)] == ["step_10", "step_20"]
+    assert not list(baseline.glob(".tmp-*"))
+    for name in ("model.safetensors", "config.json", "generation_config.json", "tokenizer.json", "README.md"):
+        assert (baseline / "export" / name).is_file(), name
+    assert (baseline / "export" / "modeling_bct.py").is_file()  # trust_remote_code
+    assert yaml.safe_load((baseline / "config.yaml").read_text())["max_steps"] == 20
+
+
+def test_logged_keys_and_lr_curve(baseline, baseline_metrics):
+    step1 = baseline_metrics[0]
+    for key in (
+        "train/loss",
+        "train/lr",
+        "train/grad_norm",
+        "train/tokens_per_s",
+        "memory/attn_share",
+        "memory/write_gate",
+    ):
+        assert key in step1 and math.isfinite(step1[key]), key
+    assert 0 < step1["memory/attn_share"] < 1 and 0 < step1["memory/write_gate"] < 1
+    cfg = yaml.safe_load((baseline / "config.yaml").read_text())
+    optim = from_dict(OptimConfig, cfg["optim"])
+    for m in baseline_metrics:
+        if "train/lr" in m:
+            expected = optim.lr * lr_factor(m["step"] - 1, optim, cfg["max_steps"])
+            assert m["train/lr"] == pytest.approx(expected, rel=1e-9)
+
+
+def test_wandb_offline_run_folder_holds_logged_keys(baseline):
+    runs = list((baseline / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1, list((baseline / "wandb").iterdir())
+    (record,) = runs[0].glob("run-*.wandb")
+    raw = record.read_bytes()  # wandb's protobuf log: keys appear as plain strings
+    for key in (b"train/loss", b"train/lr", b"memory/write_gate", b"val/ppl", b"optim.lr"):
+        assert key in raw, key
+    assert list((baseline / "tensorboard").rglob("events.out.tfevents.*"))
+
+
+def test_export_loads_in_fresh_process_and_generates(baseline):
+    export = baseline / "export"
+    script = textwrap.dedent(
+        f"""
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+        model = AutoModelForCausalLM.from_pretrained({str(export)!r}, trust_remote_code=True)
+        tok = AutoTokenizer.from_pretrained({str(export)!r}, trust_remote_code=True)
+        ids = tok("def ", return_tensors="pt")
+        out = model.generate(**ids, max_new_tokens=8, do_sample=False)
+        assert out.shape[1] == ids["input_ids"].shape[1] + 8, out.shape
+        print(type(model).__module__.split(".")[0], type(model).__name__, model.config.kv_capacity)
+        """
+    )
+    # A fresh interpreter, started outside the repository.
+    proc = subprocess.run(
+        [PYTHON, "-c", script], cwd=export.parent, env=train_env(), capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    # The class comes from the export's own code (transformers_modules), not from this repository.
+    assert proc.stdout.split()[-3:] == ["transformers_modules", "BCTForCausalLM", "40"]
+    card = (export / "README.md").read_text()
+    assert "**40 key/value entries per KV head**" in card and "20,480" in card  # 2*2*2*16*40*4 bytes
+    assert "trust_remote_code=True" in card and "val/ppl" in card
+
+
+def test_export_cli_matches_end_of_run_export_and_push_fails_offline(baseline, tmp_path):
+    out = tmp_path / "export"
+    proc = subprocess.run(
+        [
+            PYTHON,
+            "train.py",
+            "export",
+            "--checkpoint",
+            str(baseline / "step_20"),
+            "--out",
+            str(out),
+            "--push-to-hub",
+            "me/bct-test",
+        ],
+        cwd=REPO,
+        env=train_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "HF_HUB_OFFLINE=1" in proc.stderr and f"kept at {out}" in proc.stderr
+    a, b = load_file(baseline / "export" / "model.safetensors"), load_file(out / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert json.loads((out / "config.json").read_text())["auto_map"]
+
+
+def test_push_to_hub_offline_keeps_export_and_fails_clearly(baseline, data_cache, tmp_path):
+    """Resume the finished baseline (no steps left): final eval + export, then the upload fails fast."""
+    run = tmp_path / "run"
+    copy_checkpoint(baseline / "step_20", run)
+    proc = run_train(debug_args(run, data_cache, "push_to_hub=me/bct-test"), check=False)
+    assert proc.returncode == 1
+    assert "push_to_hub='me/bct-test'" in proc.stderr and "offline" in proc.stderr
+    assert (run / "export" / "model.safetensors").is_file()
+
+
+def test_run_config_round_trips(baseline):
+    saved = yaml.safe_load((Path(baseline) / "config.yaml").read_text())
+    cfg = from_dict(RunConfig, saved)
+    assert (
+        cfg.tracking.trackers == ["wandb", "tensorboard"] and cfg.model.config == "configs/model/debug.json"
+    )

@@ -1,0 +1,272 @@
+"""Train a Bounded-Cache Transformer with Accelerate, on one CPU, one GPU, DDP or DeepSpeed ZeRO.
+
+    accelerate launch train.py --config configs/debug.yaml max_steps=20 output_dir=runs/try model.window=64
+    python train.py export --checkpoint runs/try/step_20 --out runs/try/export
+
+config -> accelerator -> model + tokenizer -> data -> optimizer/schedule -> prepare -> resume -> steps
+(log, eval, save, preemption) -> final eval + checkpoint -> sample + export (+ Hub upload).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator, DistributedType
+from accelerate.utils import DistributedDataParallelKwargs, InitProcessGroupKwargs, ProjectConfiguration
+from tqdm.auto import tqdm
+
+from data import build_train_loader, build_validation_batches, prepare_corpus
+from training.checkpoint import find_resume_checkpoint, load_checkpoint, remove_partial, save_checkpoint
+from training.config import ConfigError, RunConfig, load_run_config, save_run_config
+from training.export import export_checkpoint, export_from_accelerator, generate_sample, upload
+from training.model import build_model_and_tokenizer
+from training.optim import build_optimizer, build_scheduler
+from training.preemption import StopRequest
+from training.schema import to_dict
+from training.tracking import MetricsFile, init_trackers
+
+
+def build_accelerator(cfg: RunConfig) -> Accelerator:
+    mixed_precision = cfg.train.mixed_precision
+    if mixed_precision == "auto":
+        mixed_precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+    # DDP: parameters may sit out a step (e.g. memory writes when a sequence fits in the window).
+    handlers = [DistributedDataParallelKwargs(find_unused_parameters=True)]
+    if not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # DeepSpeed on CPU counts processes right only with gloo (RECIPES.md); a lone process needs no group.
+        handlers.append(InitProcessGroupKwargs(backend="gloo"))
+    out = Path(cfg.output_dir)
+    return Accelerator(
+        gradient_accumulation_steps=cfg.train.grad_accum,
+        mixed_precision=mixed_precision,
+        log_with=cfg.tracking.trackers or None,
+        project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "tensorboard")),
+        dynamo_backend="inductor" if cfg.train.compile else None,
+        kwargs_handlers=handlers,
+    )
+
+
+@torch.no_grad()
+def evaluate(accelerator: Accelerator, model: torch.nn.Module, batches: list[dict]) -> dict[str, float]:
+    """Token-weighted mean loss over the validation batches, dealt round-robin to the ranks. Every rank
+    runs the same number of forwards (ZeRO-3 gathers parameters collectively); padding forwards count 0."""
+    if not batches:
+        return {}
+    model.eval()
+    rank, world = accelerator.process_index, accelerator.num_processes
+    totals = torch.zeros(2, device=accelerator.device, dtype=torch.float64)  # (loss * tokens, tokens)
+    for i in range(math.ceil(len(batches) / world)):
+        index = rank + i * world
+        batch = {k: v.to(accelerator.device) for k, v in batches[min(index, len(batches) - 1)].items()}
+        tokens = (batch["labels"][:, 1:] != -100).sum() * (index < len(batches))  # the model shifts labels
+        loss = model(**batch).loss.double()
+        totals += torch.stack([loss * tokens, tokens.double()])
+    model.train()
+    loss_sum, tokens = accelerator.reduce(totals, reduction="sum").tolist()
+    mean = loss_sum / tokens
+    return {"val/loss": mean, "val/ppl": math.exp(min(mean, 50.0))}
+
+
+def train(cfg: RunConfig) -> int:
+    accelerator = build_accelerator(cfg)
+    if accelerator.distributed_type == DistributedType.NO and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise RuntimeError(
+            "several processes were launched but accelerate runs them unsynchronised; "
+            "on CPU set ACCELERATE_USE_CPU=1 (launch/README.md)"
+        )
+    out = Path(cfg.output_dir)
+    resume_from = find_resume_checkpoint(cfg)
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        remove_partial(out)
+        save_run_config(cfg, out / "config.yaml")
+    accelerator.wait_for_everyone()
+
+    model, tokenizer = build_model_and_tokenizer(accelerator, cfg)
+    with accelerator.main_process_first():  # tokenised and packed once, then read from the disk cache
+        corpus = prepare_corpus(cfg.data, tokenizer)
+    # The loader shards by rank itself and is not prepared: batches are moved to the device below.
+    loader = build_train_loader(
+        cfg.data,
+        corpus,
+        tokenizer,
+        batch_size=cfg.train.micro_batch_size,
+        seed=cfg.seed,
+        rank=accelerator.process_index,
+        world_size=accelerator.num_processes,
+    )
+    # eval_batches global batches of micro_batch_size x num_processes rows: the same rows in any launch.
+    val_batches = build_validation_batches(
+        corpus, cfg.train.micro_batch_size, cfg.train.eval_batches * accelerator.num_processes
+    )
+
+    if cfg.train.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    optimizer = build_optimizer(model, cfg.optim)
+    scheduler = build_scheduler(optimizer, cfg.optim, cfg.max_steps, accelerator.num_processes)
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        # With no prepared dataloader accelerate cannot infer the micro batch; clipping is DeepSpeed's job.
+        ds_config = accelerator.state.deepspeed_plugin.deepspeed_config
+        ds_config["train_micro_batch_size_per_gpu"] = cfg.train.micro_batch_size
+        ds_config["gradient_clipping"] = cfg.optim.grad_clip
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+
+    init_trackers(accelerator, cfg)
+    metrics_file = MetricsFile(out / "metrics.jsonl", enabled=accelerator.is_main_process)
+    start_step = 0
+    if resume_from is not None:
+        start_step = load_checkpoint(accelerator, resume_from, loader)["step"]
+        metrics_file.truncate_after(start_step)
+        accelerator.print(f"resumed from {resume_from} at step {start_step}")
+
+    stop = StopRequest()
+    batches = iter(loader)
+    tokens_per_step = (
+        cfg.train.micro_batch_size * cfg.data.seq_len * cfg.train.grad_accum * accelerator.num_processes
+    )
+    metrics: dict[str, float] = {}
+    last_saved = start_step if resume_from is not None else None
+    progress = tqdm(
+        total=cfg.max_steps, initial=start_step, desc="train", disable=not accelerator.is_local_main_process
+    )
+    model.train()
+    step, grad_norm = start_step, None
+    busy, busy_steps = (
+        0.0,
+        0,
+    )  # time spent in steps since the last log (not in eval or saving), and their count
+    while step < cfg.max_steps:
+        started = time.perf_counter()
+        lr = scheduler.get_last_lr()[0]  # the rate of this update (group 0: base lr)
+        loss_sum = torch.zeros((), device=accelerator.device)
+        signals: dict[str, torch.Tensor] = {}
+        for _ in range(cfg.train.grad_accum):
+            batch = {k: v.to(accelerator.device) for k, v in next(batches).items()}  # (B, T) each
+            with accelerator.accumulate(model):
+                output = model(**batch, output_memory_signals=True)
+                accelerator.backward(output.loss)
+                if accelerator.sync_gradients:
+                    grad_norm = accelerator.clip_grad_norm_(
+                        model.parameters(), cfg.optim.grad_clip or math.inf
+                    )
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad()
+            loss_sum += output.loss.detach().float()
+            for name, value in (output.memory_signals or {}).items():
+                signals[name] = signals.get(name, 0.0) + value.detach().float()
+        step += 1
+        busy, busy_steps = busy + time.perf_counter() - started, busy_steps + 1
+        progress.update(1)
+
+        if step % cfg.train.log_every == 0 or step == cfg.max_steps:
+            names = sorted(signals)
+            # One all-reduce for the loss and every memory signal: means over micro-batches and ranks.
+            packed = torch.stack([loss_sum, *(signals[n] for n in names)]) / cfg.train.grad_accum
+            packed = accelerator.reduce(packed, reduction="mean").tolist()
+            metrics = {
+                "train/loss": packed[0],
+                "train/lr": lr,
+                "train/grad_norm": float(grad_norm) if grad_norm is not None else math.nan,
+                "train/tokens_per_s": tokens_per_step * busy_steps / busy,
+                "train/tokens": tokens_per_step * step,
+                **{f"memory/{n}": v for n, v in zip(names, packed[1:])},
+            }
+            metrics_file.log({"step": step, **metrics})
+            accelerator.log(metrics, step=step)
+            progress.set_postfix(loss=f"{packed[0]:.3f}", lr=f"{lr:.2e}")
+            busy, busy_steps = 0.0, 0
+        if cfg.train.eval_every and step % cfg.train.eval_every == 0 and step < cfg.max_steps:
+            metrics.update(log_eval(accelerator, model, val_batches, metrics_file, step))
+        if cfg.train.save_every and step % cfg.train.save_every == 0:
+            save_checkpoint(accelerator, cfg, step, model, loader, tokenizer, metrics)
+            last_saved = step
+        if stop.agreed(accelerator):  # preemption: every rank saves this step and leaves
+            if last_saved != step:
+                save_checkpoint(accelerator, cfg, step, model, loader, tokenizer, metrics)
+            accelerator.end_training()
+            accelerator.print(
+                f"\nstopped by a signal at step {step}; saved {out / f'step_{step}'}; rerun to resume"
+            )
+            return 0
+    progress.close()
+
+    val = log_eval(accelerator, model, val_batches, metrics_file, step)
+    metrics.update(val)
+    if last_saved != step:
+        save_checkpoint(accelerator, cfg, step, model, loader, tokenizer, metrics)
+    # Every rank generates (under ZeRO-3 each forward gathers the shards collectively).
+    sample = generate_sample(
+        accelerator.unwrap_model(model),
+        tokenizer,
+        cfg.export.sample_prompt,
+        cfg.export.max_new_tokens,
+        cfg.seed,
+    )
+    export_dir = export_from_accelerator(
+        accelerator, model, tokenizer, out / "export", to_dict(cfg), metrics, sample
+    )
+    accelerator.end_training()
+
+    config = accelerator.unwrap_model(model).config
+    accelerator.print(
+        f"\nvalidation loss {val.get('val/loss', math.nan):.4f}, perplexity {val.get('val/ppl', math.nan):.2f}"
+    )
+    accelerator.print(
+        f"KV cache: {config.kv_capacity} entries per layer per KV head = "
+        f"{config.kv_cache_bytes(batch_size=1, dtype=torch.float32):,} bytes per sequence (float32), any context length"
+    )
+    if sample is not None:
+        accelerator.print(f"sample: {sample!r}")
+    accelerator.print(f"export: {export_dir}")
+    return upload(export_dir, cfg.push_to_hub, accelerator.is_main_process) if cfg.push_to_hub else 0
+
+
+def log_eval(
+    accelerator: Accelerator,
+    model: torch.nn.Module,
+    batches: list[dict],
+    metrics_file: MetricsFile,
+    step: int,
+) -> dict[str, float]:
+    val = evaluate(accelerator, model, batches)
+    metrics_file.log({"step": step, **val})
+    accelerator.log(val, step=step)
+    accelerator.print(f"\nstep {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in val.items()))
+    return val
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["export"]:
+        parser = argparse.ArgumentParser(prog="train.py export", description="Export a step_N checkpoint.")
+        parser.add_argument("--checkpoint", required=True, help="a step_N folder written by train.py")
+        parser.add_argument("--out", required=True, help="folder to write the Hub-ready export into")
+        parser.add_argument("--push-to-hub", default=None, metavar="REPO_ID")
+        args = parser.parse_args(argv[1:])
+        export_dir = export_checkpoint(args.checkpoint, args.out)
+        print(f"export: {export_dir}")
+        return upload(export_dir, args.push_to_hub) if args.push_to_hub else 0
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--config", default=None, help="run config YAML (configs/*.yaml)")
+    parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. optim.lr=1e-3")
+    args = parser.parse_args(argv)
+    try:
+        cfg = load_run_config(args.config, args.overrides)
+    except ConfigError as err:
+        if os.environ.get("RANK", "0") == "0":  # once, not once per process
+            print(f"config error: {err}", file=sys.stderr)
+        return 2
+    return train(cfg)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,112 @@
+"""Resumable checkpoints: `output_dir/step_N/`, written atomically.
+
+A checkpoint holds what `accelerator.save_state` writes (model, optimizer, scheduler, RNG of every rank;
+DeepSpeed shards under ZeRO), the data position of every rank (`loader_<rank>.pt`), the run config, the
+model config and tokenizer (so that `train.py export` needs nothing else), and `trainer_state.json`.
+
+Everything is written into `.tmp-step_N/` and renamed to `step_N/` only when every rank has finished,
+so a crash mid-save never leaves a complete-looking `step_N/`. `trainer_state.json` is written last
+and marks a checkpoint as complete.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+
+from training.config import RunConfig, save_run_config
+
+_STEP_DIR = re.compile(r"^step_(\d+)$")
+STATE_FILE = "trainer_state.json"
+
+
+def is_complete(path: Path) -> bool:
+    return (path / STATE_FILE).is_file()
+
+
+def list_checkpoints(output_dir: str | Path) -> list[Path]:
+    """Complete `step_N` folders, oldest first."""
+    root = Path(output_dir)
+    if not root.is_dir():
+        return []
+    found = [
+        (int(m.group(1)), p) for p in root.iterdir() if (m := _STEP_DIR.match(p.name)) and is_complete(p)
+    ]
+    return [p for _, p in sorted(found)]
+
+
+def find_resume_checkpoint(cfg: RunConfig) -> Path | None:
+    """`resume: auto` -> newest complete checkpoint (or None); `none` -> None; a path -> that path."""
+    mode = cfg.resume_mode
+    if mode == "none":
+        return None
+    if mode == "auto":
+        found = list_checkpoints(cfg.output_dir)
+        return found[-1] if found else None
+    return Path(mode)
+
+
+def save_checkpoint(
+    accelerator: Accelerator,
+    cfg: RunConfig,
+    step: int,
+    model: torch.nn.Module,
+    loader: Any,
+    tokenizer: Any,
+    metrics: dict[str, float],
+) -> Path:
+    """Write `output_dir/step_<step>/`. Collective: every rank must call it at the same step."""
+    output_dir = Path(cfg.output_dir)
+    final = output_dir / f"step_{step}"
+    tmp = output_dir / f".tmp-step_{step}"
+    if accelerator.is_main_process and tmp.exists():
+        shutil.rmtree(tmp)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    torch.save(loader.state_dict(), tmp / f"loader_{accelerator.process_index}.pt")
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        save_run_config(cfg, tmp / "config.yaml")
+        accelerator.unwrap_model(model).config.save_pretrained(tmp / "model")
+        tokenizer.save_pretrained(tmp / "tokenizer")
+        state = {"step": step, "num_processes": accelerator.num_processes, "metrics": metrics}
+        (tmp / STATE_FILE).write_text(json.dumps(state, indent=2))
+        if final.exists():  # the same step saved again (resumed at a step that was already saved)
+            shutil.rmtree(final)
+        tmp.rename(final)
+        prune(output_dir, cfg.train.keep_last)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def prune(output_dir: str | Path, keep_last: int) -> None:
+    """Delete all but the newest `keep_last` complete checkpoints."""
+    for path in list_checkpoints(output_dir)[:-keep_last]:
+        shutil.rmtree(path)
+
+
+def remove_partial(output_dir: str | Path) -> None:
+    """Delete leftovers of interrupted saves (main process, before training starts)."""
+    root = Path(output_dir)
+    if root.is_dir():
+        for path in root.glob(".tmp-step_*"):
+            shutil.rmtree(path)
+
+
+def load_checkpoint(accelerator: Accelerator, path: Path, loader: Any) -> dict[str, Any]:
+    """Restore model/optimizer/scheduler/RNG and this rank's data position; return trainer_state."""
+    state = json.loads((path / STATE_FILE).read_text())
+    if state["num_processes"] != accelerator.num_processes:
+        raise RuntimeError(
+            f"{path} was written by {state['num_processes']} processes, this run has "
+            f"{accelerator.num_processes}: resume with the same number of processes"
+        )
+    accelerator.load_state(str(path))
+    loader.load_state_dict(torch.load(path / f"loader_{accelerator.process_index}.pt", weights_only=False))
+    return state
