@@ -107,7 +107,7 @@ def train(cfg: RunConfig) -> int:
     )
 
     if cfg.train.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     optimizer = build_optimizer(model, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.optim, cfg.max_steps, accelerator.num_processes)
     if accelerator.distributed_type == DistributedType.DEEPSPEED:
@@ -137,10 +137,8 @@ def train(cfg: RunConfig) -> int:
     )
     model.train()
     step, grad_norm = start_step, None
-    busy, busy_steps = (
-        0.0,
-        0,
-    )  # time spent in steps since the last log (not in eval or saving), and their count
+    # Time spent in steps since the last log (not in eval or saving), and their count: tokens/s.
+    busy, busy_steps = 0.0, 0
     while step < cfg.max_steps:
         started = time.perf_counter()
         lr = scheduler.get_last_lr()[0]  # the rate of this update (group 0: base lr)

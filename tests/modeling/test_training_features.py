@@ -11,7 +11,7 @@ def test_gradient_checkpointing_gives_the_same_gradients():
     def grads(checkpointing):
         model = tiny_model().train()
         if checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         loss = model(ids, labels=ids, use_cache=False).loss
         loss.backward()
         return loss.detach(), {n: p.grad for n, p in model.named_parameters()}
