@@ -222,25 +222,27 @@ class BCTAttention(nn.Module):
             ring_k = torch.where(evict, F.pad(ring_k[:, :, chunk:], (0, 0, 0, chunk)), ring_k)
             ring_v = torch.where(evict, F.pad(ring_v[:, :, chunk:], (0, 0, 0, chunk)), ring_v)
         slot = plan.position[:, None, None, None].expand(-1, kv_heads, 1, head_dim)
-        ring_k, ring_v = ring_k.scatter(2, slot, k), ring_v.scatter(2, slot, v)
+        if torch.is_grad_enabled():
+            ring_k, ring_v = ring_k.scatter(2, slot, k), ring_v.scatter(2, slot, v)
+        else:  # serving: the cache owns the ring, so write the token in place instead of copying the ring
+            ring_k.scatter_(2, slot, k)
+            ring_v.scatter_(2, slot, v)
 
-        cos_q = plan.cos[plan.position][:, None, None]  # (B, 1, 1, d): local position of the new token
-        sin_q = plan.sin[plan.position][:, None, None]
-        q_raw = q.view(batch, kv_heads, rep, head_dim) * self.scale
-        q_rot = apply_rotary(q, cos_q, sin_q).view(batch, kv_heads, rep, head_dim) * self.scale
-        k_rot = apply_rotary(ring_k, plan.cos, plan.sin)  # (B, G, W + C, d): ring index = local position
-        scores_mem = torch.matmul(q_raw, mem_k.transpose(-1, -2))  # (B, G, R, M)
-        scores_win = torch.matmul(q_rot, k_rot.transpose(-1, -2))  # (B, G, R, W + C)
-        future = torch.arange(ring_k.shape[2], device=q.device) > plan.position[:, None]  # (B, W + C)
-        scores_win = scores_win.masked_fill(future[:, None, None], torch.finfo(scores_win.dtype).min)
-        probs = torch.softmax(torch.cat((scores_mem, scores_win), dim=-1).float(), dim=-1).to(q.dtype)
-        slots = mem_k.shape[2]
-        out = torch.matmul(probs[..., :slots], mem_v) + torch.matmul(
-            probs[..., slots:], ring_v
-        )  # (B, G, R, d)
+        # One softmax over [memory | ring]. Memory keys carry no position; rotating them by the query's own
+        # angle leaves their scores unchanged and lets one rotated query read everything.
+        q_rot = apply_rotary(q.view(batch, kv_heads, rep, head_dim), plan.cos_q, plan.sin_q)
+        keys = apply_rotary(
+            torch.cat((mem_k, ring_k), dim=2), plan.cos_keys, plan.sin_keys
+        )  # (B, G, M+W+C, d)
+        values = torch.cat((mem_v, ring_v), dim=2)
         signals = None
         if want_signals:
-            signals = {"attn_share": probs[..., :slots].float().sum(-1).mean(), "write_gate": gate}
+            scores = torch.matmul(q_rot, keys.transpose(-1, -2)) * self.scale + plan.bias  # (B, G, R, M+W+C)
+            probs = torch.softmax(scores.float(), dim=-1).to(q.dtype)
+            out = torch.matmul(probs, values)
+            signals = {"attn_share": probs[..., : mem_k.shape[2]].float().sum(-1).mean(), "write_gate": gate}
+        else:
+            out = F.scaled_dot_product_attention(q_rot, keys, values, attn_mask=plan.bias, scale=self.scale)
         return out.reshape(batch, heads, 1, head_dim), LayerState(mem_k, mem_v, ring_k, ring_v), signals
 
 

@@ -21,15 +21,19 @@ import torch
 
 @dataclass
 class StepPlan:
-    """One real new token per row. Positions are local: ring index == RoPE position."""
+    """One real new token per row. Positions are local: ring index == RoPE position. Everything every layer
+    needs is computed here once per step."""
 
     evict: torch.Tensor  # (B,) bool: ring full and the token starts a chunk -> write the oldest chunk first
     any_evict: bool
     position: torch.Tensor  # (B,) ring index the new token lands on, after eviction
     seen: torch.Tensor  # (B,) counters after the call
     ring_len: torch.Tensor  # (B,)
-    cos: torch.Tensor  # (W + C, d) RoPE table for local positions 0..W+C-1
-    sin: torch.Tensor
+    cos_q: torch.Tensor  # (B, 1, 1, d) the new token's rotation, at local position `position`
+    sin_q: torch.Tensor
+    cos_keys: torch.Tensor  # (B, 1, M + W + C, d) memory slots at the query's angle, ring entry i at i
+    sin_keys: torch.Tensor
+    bias: torch.Tensor  # (B, 1, 1, M + W + C) 0 where a key is visible, finfo.min over unfilled ring entries
 
 
 @dataclass
@@ -76,17 +80,25 @@ def real_token_mask(
     return real
 
 
-def plan_step(seen, ring_len, window: int, chunk: int, cos, sin) -> StepPlan:
+def plan_step(seen, ring_len, slots: int, window: int, chunk: int, cos, sin) -> StepPlan:
     evict = (ring_len == window + chunk) & (seen % chunk == 0)
     position = ring_len - chunk * evict.long()
+    future = torch.arange(window + chunk, device=seen.device) > position[:, None]  # (B, W + C)
+    batch = seen.shape[0]
+    bias = torch.zeros(batch, 1, 1, slots + window + chunk, dtype=cos.dtype, device=seen.device)
+    cos_q, sin_q = cos[position][:, None, None], sin[position][:, None, None]  # (B, 1, 1, d)
+    bias[:, 0, 0, slots:].masked_fill_(future, torch.finfo(cos.dtype).min)
     return StepPlan(
         evict=evict,
         any_evict=bool(evict.any()),
         position=position,
         seen=seen + 1,
         ring_len=position + 1,
-        cos=cos,
-        sin=sin,
+        cos_q=cos_q,
+        sin_q=sin_q,
+        cos_keys=torch.cat((cos_q.expand(-1, 1, slots, -1), cos.expand(batch, 1, -1, -1)), dim=2),
+        sin_keys=torch.cat((sin_q.expand(-1, 1, slots, -1), sin.expand(batch, 1, -1, -1)), dim=2),
+        bias=bias,
     )
 
 

@@ -171,7 +171,7 @@ class BCTModel(BCTPreTrainedModel):
             seen, ring_len = cache.counters(batch, device)
         if cache is not None and cache.seen is not None and hidden.shape[1] == 1 and bool(real.all()):
             cos, sin = self.rotary.table(cfg.window + cfg.chunk_size, device, dtype)
-            return plan_step(seen, ring_len, cfg.window, cfg.chunk_size, cos, sin)
+            return plan_step(seen, ring_len, cfg.memory_slots, cfg.window, cfg.chunk_size, cos, sin)
         return plan_chunks(
             seen,
             ring_len,

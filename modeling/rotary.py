@@ -27,7 +27,7 @@ def inverse_frequencies(config: BCTConfig) -> tuple[torch.Tensor, float]:
 
 
 class BCTRotary(nn.Module):
-    """`table(n)` gives cos/sin for local positions 0..n-1.
+    """`table(n)` gives cos and signed sin for local positions 0..n-1.
 
     No buffers: the tables are derived from the config in float32 on first use and memoised per (device,
     dtype), so `from_pretrained` (which builds modules on the meta device) and `.to(bfloat16)` cannot
@@ -43,24 +43,22 @@ class BCTRotary(nn.Module):
     def table(
         self, length: int, device: torch.device, dtype: torch.dtype
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos, sin of shape (length, d) for positions 0..length-1 (float32 math, cast to `dtype`)."""
+        """cos and signed sin, (length, d) each, for positions 0..length-1 (float32 math, cast to `dtype`).
+        The sine's first half is negated: that is the form `apply_rotary` takes."""
         key = (torch.device(device), dtype)
         memo = self._tables.get(key)
         if memo is None or memo[0].shape[0] < length:
             inv_freq, scaling = inverse_frequencies(self.config)
             size = max(length, 2 * memo[0].shape[0]) if memo else length
             freqs = torch.outer(torch.arange(size, dtype=torch.float32), inv_freq)  # (n, d/2)
-            angles = torch.cat((freqs, freqs), dim=-1)  # (n, d)
-            memo = (angles.cos() * scaling).to(device, dtype), (angles.sin() * scaling).to(device, dtype)
+            cos = torch.cat((freqs.cos(), freqs.cos()), dim=-1) * scaling  # (n, d)
+            signed_sin = torch.cat((-freqs.sin(), freqs.sin()), dim=-1) * scaling
+            memo = cos.to(device, dtype), signed_sin.to(device, dtype)
             self._tables[key] = memo
         return memo[0][:length], memo[1][:length]
 
 
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-
-
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate x (..., n, d) by cos/sin broadcastable to it."""
-    return x * cos + rotate_half(x) * sin
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
+    """Rotate x (..., n, d) by a table row broadcastable to it: x·cos + [-x2, x1]·sin (HF's half-split layout),
+    written as x·cos + roll(x)·[-sin, sin] so that it is three kernels."""
+    return torch.addcmul(x * cos, torch.roll(x, x.shape[-1] // 2, dims=-1), signed_sin)
