@@ -29,7 +29,7 @@ from transformers.utils import logging as hf_logging
 
 from eval.baselines.fastkv import FastKVCache, FastKVSettings, fastkv_prefill
 from eval.baselines.sink_cache import DEFAULT_SINKS, SinkCache, forward_blocks
-from eval.baselines.sliding import dynamic_cache_bytes, sliding_window_model
+from eval.baselines.sliding import sliding_window_model, stored_kv_bytes
 
 BCT_METHODS = ("bct", "bct-writes-closed")
 BASELINES = ("full", "sliding", "sinks", "fastkv")
@@ -126,7 +126,7 @@ class Method:
         """Real bytes of the tensors the cache holds."""
         if hasattr(cache, "nbytes"):
             return cache.nbytes()
-        return dynamic_cache_bytes(cache)
+        return stored_kv_bytes(cache)
 
     def cache_entries(self, cache) -> int:
         """Key entries held per layer and KV head now (the largest layer)."""

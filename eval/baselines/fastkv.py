@@ -97,14 +97,6 @@ class FastKVCache(Cache):
     def __init__(self, num_layers: int):
         super().__init__(layers=[FastKVLayer() for _ in range(num_layers)])
 
-    def nbytes(self) -> int:
-        return sum(
-            t.numel() * t.element_size()
-            for layer in self.layers
-            if layer.is_initialized
-            for t in (layer.keys, layer.values)
-        )
-
 
 def window_scores(attn: torch.nn.Module, normed: torch.Tensor, cos_sin, keys: torch.Tensor, window: int):
     """Attention probabilities of the last `window` queries over the `n` stored keys.

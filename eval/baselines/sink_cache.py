@@ -184,15 +184,6 @@ class SinkCache(Cache):
         stored = layer.keys.shape[-2] if layer.is_initialized else 0
         return BlockPlan(start, new, stored, self.budget, self.num_sinks, dtype, device)
 
-    def nbytes(self) -> int:
-        """Bytes of the stored keys and values across layers."""
-        return sum(
-            t.numel() * t.element_size()
-            for layer in self.layers
-            if layer.is_initialized
-            for t in (layer.keys, layer.values)
-        )
-
 
 def forward_blocks(
     model: PreTrainedModel,

@@ -14,9 +14,10 @@ steps the layer stores the last `S - 1` of them and appends the new one during t
 from __future__ import annotations
 
 import torch
-from transformers import DynamicCache, MistralConfig, MistralForCausalLM, PreTrainedModel
+from transformers import Cache, DynamicCache, MistralConfig, MistralForCausalLM, PreTrainedModel
 
-_COPIED_FIELDS = (
+# Config fields that mean the same in Llama, Mistral and BCT configs (biases aside).
+LLAMA_FAMILY_FIELDS = (
     "vocab_size",
     "hidden_size",
     "intermediate_size",
@@ -49,7 +50,7 @@ def sliding_window_model(model: PreTrainedModel, window: int) -> MistralForCausa
         raise ValueError(
             "The sliding-window baseline maps onto Mistral, which has no attention or MLP biases."
         )
-    fields = {name: getattr(config, name) for name in _COPIED_FIELDS if hasattr(config, name)}
+    fields = {name: getattr(config, name) for name in LLAMA_FAMILY_FIELDS if hasattr(config, name)}
     sliding_config = MistralConfig(**fields, sliding_window=window)
     sliding_config._attn_implementation = config._attn_implementation
     dtype = model.get_input_embeddings().weight.dtype
@@ -69,8 +70,9 @@ def sliding_window_cache(model: MistralForCausalLM) -> DynamicCache:
     return DynamicCache(config=model.config)
 
 
-def dynamic_cache_bytes(cache: DynamicCache) -> int:
-    """Bytes of the keys and values a `DynamicCache` holds (sliding layers included)."""
+def stored_kv_bytes(cache: Cache) -> int:
+    """Bytes of the keys and values a layered `Cache` holds: HF's dynamic and sliding layers, and the sink and
+    FastKV caches here."""
     return sum(
         t.numel() * t.element_size()
         for layer in cache.layers

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from itertools import islice
 
 import numpy as np
 import pytest
 import torch
 
 from data import PackedLoader, build_tokenizer, build_train_loader, build_validation_batches, prepare_corpus
+from tests.data.batches import same_batches, take
 
 SEQ = 4
 
@@ -27,17 +27,6 @@ def _flat_ids(batches: list[dict]) -> list[int]:
     return [i for batch in batches for i in _row_ids(batch)]
 
 
-def _take(loader, count: int) -> list[dict]:
-    return list(islice(iter(loader), count))
-
-
-def _same(a: list[dict], b: list[dict]) -> bool:
-    return len(a) == len(b) and all(
-        torch.equal(x["input_ids"], y["input_ids"]) and torch.equal(x["labels"], y["labels"])
-        for x, y in zip(a, b)
-    )
-
-
 def test_batches_are_int64_dicts_with_labels(small_cfg, corpus, tokenizer):
     loader = build_train_loader(small_cfg, corpus, tokenizer, batch_size=3, seed=0, rank=0, world_size=1)
     batch = next(iter(loader))
@@ -51,10 +40,10 @@ def test_same_seed_same_batches_other_seed_differs(small_cfg, corpus, tokenizer)
         loader = build_train_loader(
             small_cfg, corpus, tokenizer, batch_size=4, seed=seed, rank=0, world_size=1
         )
-        return _take(loader, 5)
+        return take(loader, 5)
 
-    assert _same(batches(7), batches(7))
-    assert not _same(batches(7), batches(8))
+    assert same_batches(batches(7), batches(7))
+    assert not same_batches(batches(7), batches(8))
 
 
 @pytest.mark.parametrize(
@@ -67,7 +56,7 @@ def test_rank_shards_are_disjoint_and_cover_the_epoch_once(rows, batch_size, wor
     ]
     per_epoch = loaders[0].batches_per_epoch
     assert per_epoch == rows // (batch_size * world_size)
-    union = [i for loader in loaders for i in _flat_ids(_take(loader, per_epoch))]
+    union = [i for loader in loaders for i in _flat_ids(take(loader, per_epoch))]
     assert len(union) == len(set(union)) == per_epoch * batch_size * world_size  # disjoint, each row once
     order = loaders[0].epoch_order(0)
     assert sorted(union) == sorted(order[: len(union)].tolist())  # the epoch's order minus its remainder
@@ -77,16 +66,16 @@ def test_rank_shards_are_disjoint_and_cover_the_epoch_once(rows, batch_size, wor
 
 def test_global_batches_do_not_depend_on_the_split_into_ranks():
     two_ranks = [
-        _take(PackedLoader(_rows(40), batch_size=2, seed=5, rank=r, world_size=2), 6) for r in range(2)
+        take(PackedLoader(_rows(40), batch_size=2, seed=5, rank=r, world_size=2), 6) for r in range(2)
     ]
-    one_rank = _take(PackedLoader(_rows(40), batch_size=4, seed=5, rank=0, world_size=1), 6)
+    one_rank = take(PackedLoader(_rows(40), batch_size=4, seed=5, rank=0, world_size=1), 6)
     for step in range(6):
         assert _row_ids(two_ranks[0][step]) + _row_ids(two_ranks[1][step]) == _row_ids(one_rank[step])
 
 
 def test_epochs_repeat_forever_with_a_new_order():
     loader = PackedLoader(_rows(12), batch_size=3, seed=0, rank=0, world_size=1)
-    batches = _take(loader, 4 * 3 + 1)  # three full epochs and one batch
+    batches = take(loader, 4 * 3 + 1)  # three full epochs and one batch
     epochs = [_flat_ids(batches[4 * e : 4 * e + 4]) for e in range(3)]
     assert all(sorted(epoch) == list(range(12)) for epoch in epochs)
     assert epochs[0] != epochs[1] != epochs[2]
@@ -95,13 +84,13 @@ def test_epochs_repeat_forever_with_a_new_order():
 
 @pytest.mark.parametrize("k", [3, 8, 10], ids=["mid-epoch", "at-epoch-end", "next-epoch"])
 def test_resume_continues_with_the_next_batch(k):
-    uninterrupted = _take(PackedLoader(_rows(36), batch_size=4, seed=1, rank=1, world_size=2), 14)
+    uninterrupted = take(PackedLoader(_rows(36), batch_size=4, seed=1, rank=1, world_size=2), 14)
     first = PackedLoader(_rows(36), batch_size=4, seed=1, rank=1, world_size=2)  # 4 batches per epoch
-    assert _same(_take(first, k), uninterrupted[:k])
+    assert same_batches(take(first, k), uninterrupted[:k])
     state = first.state_dict()
     resumed = PackedLoader(_rows(36), batch_size=4, seed=1, rank=1, world_size=2)
     resumed.load_state_dict(state)
-    assert _same(_take(resumed, 14 - k), uninterrupted[k:])
+    assert same_batches(take(resumed, 14 - k), uninterrupted[k:])
 
 
 def test_resume_with_synthetic_mixing(small_cfg, corpus, tokenizer):
@@ -114,12 +103,12 @@ def test_resume_with_synthetic_mixing(small_cfg, corpus, tokenizer):
 
     per_epoch = loader().batches_per_epoch
     total = per_epoch + 3  # across an epoch boundary
-    uninterrupted = _take(loader(), total)
+    uninterrupted = take(loader(), total)
     first = loader()
-    _take(first, per_epoch - 2)
+    take(first, per_epoch - 2)
     resumed = loader()
     resumed.load_state_dict(first.state_dict())
-    assert _same(_take(resumed, 5), uninterrupted[per_epoch - 2 :])
+    assert same_batches(take(resumed, 5), uninterrupted[per_epoch - 2 :])
     assert any((b["labels"] == -100).any() for b in uninterrupted)  # mixing did happen
 
 
@@ -129,7 +118,7 @@ def test_synthetic_rows_replace_about_the_fraction(small_cfg):
     tokenizer = build_tokenizer(cfg)
     packed = prepare_corpus(cfg, tokenizer)
     loader = build_train_loader(cfg, packed, tokenizer, batch_size=8, seed=0, rank=0, world_size=1)
-    batches = _take(loader, 25)
+    batches = take(loader, 25)
     labels = torch.cat([b["labels"] for b in batches])  # (200, 256)
     synthetic = (labels == -100).any(dim=1)
     assert 0.15 < synthetic.float().mean() < 0.35
@@ -146,7 +135,7 @@ def test_validation_batches_are_fixed_and_ordered(corpus):
     batches = build_validation_batches(corpus, batch_size=4, max_batches=3)
     assert len(batches) == 3
     assert torch.equal(torch.cat([b["input_ids"] for b in batches]), corpus.validation[:12].long())
-    assert _same(batches, build_validation_batches(corpus, batch_size=4, max_batches=3))
+    assert same_batches(batches, build_validation_batches(corpus, batch_size=4, max_batches=3))
     everything = build_validation_batches(corpus, batch_size=4)
     assert sum(len(b["input_ids"]) for b in everything) == len(corpus.validation)
     assert np.all([torch.equal(b["labels"], b["input_ids"]) for b in everything])

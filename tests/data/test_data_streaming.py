@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from itertools import islice
 
 import datasets
 import numpy as np
@@ -11,6 +10,7 @@ import pytest
 import torch
 
 from data import DataConfig, Document, RowPacker, build_train_loader, pack_rows, prepare_corpus, split_hash
+from tests.data.batches import same_batches, take
 
 
 @pytest.fixture
@@ -28,28 +28,17 @@ def stream_cfg(tmp_path, texts) -> DataConfig:
     )
 
 
-def _take(loader, count: int) -> list[dict]:
-    return list(islice(iter(loader), count))
-
-
-def _same(a: list[dict], b: list[dict]) -> bool:
-    return len(a) == len(b) and all(
-        torch.equal(x["input_ids"], y["input_ids"]) and torch.equal(x["labels"], y["labels"])
-        for x, y in zip(a, b)
-    )
-
-
 def test_streaming_corpus_and_batches(stream_cfg, tokenizer, texts):
     corpus = prepare_corpus(stream_cfg, tokenizer)
     assert corpus.train is None and corpus.validation.shape == (4, 32)
     validation_texts = [t for t in texts if split_hash(Document(t)) < 0.2]
     assert tokenizer.decode(corpus.validation[0].tolist()).startswith(validation_texts[0][:20])
     loader = build_train_loader(stream_cfg, None, tokenizer, batch_size=3, seed=0, rank=0, world_size=1)
-    batches = _take(loader, 4)
+    batches = take(loader, 4)
     assert all(b["input_ids"].shape == (3, 32) and b["input_ids"].dtype == torch.long for b in batches)
     assert all(torch.equal(b["labels"], b["input_ids"]) for b in batches)
     again = build_train_loader(stream_cfg, None, tokenizer, batch_size=3, seed=0, rank=0, world_size=1)
-    assert _same(batches, _take(again, 4))
+    assert same_batches(batches, take(again, 4))
 
 
 def test_streaming_ranks_are_disjoint_and_cover_the_train_side(stream_cfg, tokenizer, texts):
@@ -86,10 +75,10 @@ def test_streaming_resume_is_exact(stream_cfg, tokenizer, where, fraction):
     # Resume after batch k; "across-epochs" stops just before the batch that holds both epochs' rows.
     k = 2 if where == "mid-epoch" else epochs.index(1) - 1
     first = loader()
-    _take(first, k)
+    take(first, k)
     resumed = loader()
     resumed.load_state_dict(first.state_dict())
-    assert _same(_take(resumed, len(expected) - k), expected[k:])
+    assert same_batches(take(resumed, len(expected) - k), expected[k:])
 
 
 def test_row_packer_matches_pack_rows_and_resumes():
