@@ -37,3 +37,19 @@ def test_memory_parameters_are_named_for_optimizer_groups():
     assert any(name.endswith("memory.init_keys") for name in names)
     assert all(".memory.write." in name for name in names if "init_" not in name)
     assert len(names) == TINY["num_hidden_layers"] * (2 + 6)  # init keys/values + 6 gated-write tensors
+
+
+@torch.no_grad()
+def test_decode_step_with_signals_matches_the_fused_read():
+    """The decode step reads with one SDPA call, or with explicit probabilities when signals are asked for."""
+    model = tiny_model()
+    ids = torch.randint(0, TINY["vocab_size"], (2, 5 * TINY["window"] + 3))
+    prompt, last = ids[:, :-1], ids[:, -1:]
+
+    def step(signals):
+        cache = model(prompt, use_cache=True).past_key_values
+        return model(last, past_key_values=cache, use_cache=True, output_memory_signals=signals)
+
+    fused, explicit = step(False), step(True)
+    assert (fused.logits - explicit.logits).abs().max() < 1e-5
+    assert fused.memory_signals is None and 0.0 < explicit.memory_signals["attn_share"] < 1.0
