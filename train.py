@@ -141,13 +141,14 @@ def train(cfg: RunConfig) -> int:
     busy, busy_steps = 0.0, 0
     while step < cfg.max_steps:
         started = time.perf_counter()
+        log_now = (step + 1) % cfg.train.log_every == 0 or step + 1 == cfg.max_steps
         lr = scheduler.get_last_lr()[0]  # the rate of this update (group 0: base lr)
         loss_sum = torch.zeros((), device=accelerator.device)
         signals: dict[str, torch.Tensor] = {}
         for _ in range(cfg.train.grad_accum):
             batch = {k: v.to(accelerator.device) for k, v in next(batches).items()}  # (B, T) each
             with accelerator.accumulate(model):
-                output = model(**batch, output_memory_signals=True)
+                output = model(**batch, output_memory_signals=log_now)  # signals only where logged
                 accelerator.backward(output.loss)
                 if accelerator.sync_gradients:
                     grad_norm = accelerator.clip_grad_norm_(
@@ -163,7 +164,7 @@ def train(cfg: RunConfig) -> int:
         busy, busy_steps = busy + time.perf_counter() - started, busy_steps + 1
         progress.update(1)
 
-        if step % cfg.train.log_every == 0 or step == cfg.max_steps:
+        if log_now:
             names = sorted(signals)
             # One all-reduce for the loss and every memory signal: means over micro-batches and ranks.
             packed = torch.stack([loss_sum, *(signals[n] for n in names)]) / cfg.train.grad_accum

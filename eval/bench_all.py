@@ -18,6 +18,7 @@ import shlex
 from pathlib import Path
 
 from eval import mqar, passkey, perplexity, speed, train_pair
+from eval.corpus import add_heldout_args
 from eval.readme import write_results_section
 
 DEFAULT_BCT = "runs/bench/bct/export"
@@ -77,9 +78,7 @@ def main(argv: list[str] | None = None) -> dict:
         "--speed-lengths", type=int, nargs="+", default=[1024, 2048, 4096, 8192, 16384, 32768, 65536]
     )
     parser.add_argument("--speed-threads", type=int, default=None, help="torch threads for the speed task")
-    parser.add_argument("--source", default="shakespeare")
-    parser.add_argument("--validation-fraction", type=float, default=0.02)
-    parser.add_argument("--cache-dir", default=".cache/bct/data")
+    add_heldout_args(parser)
     parser.add_argument("--quick", action="store_true", help="smoke-test sizes for every task")
     parser.add_argument(
         "--quick-passkey-lengths", type=int, nargs="+", default=[160, 320], help=argparse.SUPPRESS

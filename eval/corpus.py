@@ -10,13 +10,31 @@ at position 0.
 
 from __future__ import annotations
 
+import argparse
+
 import numpy as np
 
 from data import DataConfig, open_source, split_hash, tokenize_documents, validation_cutoff
 
+DEFAULT_SOURCE = "shakespeare"
+
+
+def add_heldout_args(parser: argparse.ArgumentParser) -> None:
+    """--source, --validation-fraction, --cache-dir: which held-out text the tasks read."""
+    parser.add_argument("--source", default=DEFAULT_SOURCE, help="any data.source; its held-out side is used")
+    parser.add_argument(
+        "--validation-fraction",
+        type=float,
+        default=DataConfig.validation_fraction,
+        help="the training run's split",
+    )
+    parser.add_argument("--cache-dir", default=DataConfig.cache_dir)
+
 
 def heldout_documents(
-    source: str = "shakespeare", validation_fraction: float = 0.02, cache_dir: str = ".cache/bct/data"
+    source: str = DEFAULT_SOURCE,
+    validation_fraction: float = DataConfig.validation_fraction,
+    cache_dir: str = DataConfig.cache_dir,
 ) -> list[str]:
     """Texts of the validation side of `source` (any `data.source`), in source order."""
     cfg = DataConfig(source=source, validation_fraction=validation_fraction, cache_dir=cache_dir)

@@ -20,7 +20,7 @@ import numpy as np
 
 from data import make_passkey_example, passkey_min_length, tokenize_documents
 from eval.common import add_model_args, header, methods_from_args, write_outputs
-from eval.corpus import heldout_documents
+from eval.corpus import add_heldout_args, heldout_documents
 from eval.methods import BASELINES, Method
 from eval.report import markdown_table, pivot
 from eval.scoring import score_example
@@ -83,11 +83,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--lengths", type=int, nargs="+", default=[512, 1024, 2048, 4096])
     parser.add_argument("--depths", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.75, 1.0])
     parser.add_argument("--samples", type=int, default=4, help="examples per (length, depth) cell")
-    parser.add_argument(
-        "--source", default="shakespeare", help="filler text: the held-out side of this source"
-    )
-    parser.add_argument("--validation-fraction", type=float, default=0.02)
-    parser.add_argument("--cache-dir", default=".cache/bct/data")
+    add_heldout_args(parser)
     args = parser.parse_args(argv)
 
     methods, extra = methods_from_args(args)

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from eval.common import add_model_args, header, methods_from_args, write_outputs
-from eval.corpus import heldout_documents, token_windows
+from eval.corpus import add_heldout_args, heldout_documents, token_windows
 from eval.methods import Method
 from eval.report import markdown_table, pivot
 
@@ -104,9 +104,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--bucket-width", type=int, default=None, help="bucket width in tokens (overrides --buckets)"
     )
-    parser.add_argument("--source", default="shakespeare", help="any data.source; its held-out side is used")
-    parser.add_argument("--validation-fraction", type=float, default=0.02, help="the training run's split")
-    parser.add_argument("--cache-dir", default=".cache/bct/data")
+    add_heldout_args(parser)
     args = parser.parse_args(argv)
     if "fastkv" in args.baselines:
         parser.error("FastKV compresses a prompt for one answer; it has no streaming perplexity. Drop it.")

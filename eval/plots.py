@@ -55,6 +55,13 @@ def _style(rows: list[dict]) -> dict:
     return {"color": colour, "marker": marker, "markersize": 4, "linewidth": 1.5}
 
 
+def _save(fig, path: Path, tight: bool = True) -> None:
+    if tight:
+        fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def plot_perplexity(payload: dict, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for label, rows in _by_label(payload["rows"]).items():
@@ -66,9 +73,7 @@ def plot_perplexity(payload: dict, path: Path) -> None:
     ax.set_title(f"Loss by position, held-out text ({payload['settings']['windows']} windows)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def plot_passkey(payload: dict, path: Path) -> None:
@@ -98,8 +103,7 @@ def plot_passkey(payload: dict, path: Path) -> None:
         ax.axis("off")
     fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.8, label="exact-match accuracy")
     fig.suptitle(f"Passkey retrieval ({payload['settings']['samples']} examples per cell)", fontsize=10)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, path, tight=False)  # constrained_layout already placed the colorbar
 
 
 def plot_mqar(payload: dict, path: Path) -> None:
@@ -113,9 +117,7 @@ def plot_mqar(payload: dict, path: Path) -> None:
     ax.set_title(f"MQAR, {payload['settings']['seq_len']:,}-token sequences")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def plot_speed(payload: dict, path: Path) -> None:
@@ -136,9 +138,7 @@ def plot_speed(payload: dict, path: Path) -> None:
         ax.grid(alpha=0.3, which="both")
     axes[0].legend(fontsize=8)
     fig.suptitle(f"Speed and memory against context length, {payload['device']}", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, path)
 
 
 PLOTS = {"perplexity": plot_perplexity, "passkey": plot_passkey, "mqar": plot_mqar, "speed": plot_speed}

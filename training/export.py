@@ -17,6 +17,7 @@ import yaml
 from accelerate import Accelerator
 
 from modeling import BCTConfig, BCTForCausalLM
+from training.checkpoint import STATE_FILE
 
 
 class PushError(RuntimeError):
@@ -85,7 +86,7 @@ def export_checkpoint(step_dir: str | Path, out_dir: str | Path) -> Path:
     step_dir, out = Path(step_dir), Path(out_dir)
     model, tokenizer = load_checkpoint_model(step_dir)
     run_config = yaml.safe_load((step_dir / "config.yaml").read_text())
-    metrics = json.loads((step_dir / "trainer_state.json").read_text()).get("metrics", {})
+    metrics = json.loads((step_dir / STATE_FILE).read_text()).get("metrics", {})
     export = run_config["export"]
     sample = generate_sample(
         model, tokenizer, export["sample_prompt"], export["max_new_tokens"], run_config["seed"]
