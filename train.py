@@ -25,6 +25,7 @@ from data import build_train_loader, build_validation_batches, prepare_corpus
 from training.checkpoint import find_resume_checkpoint, load_checkpoint, remove_partial, save_checkpoint
 from training.config import ConfigError, RunConfig, load_run_config, save_run_config
 from training.export import export_checkpoint, export_from_accelerator, generate_sample, upload
+from training.loss import synthetic_weighted_loss
 from training.model import build_model_and_tokenizer
 from training.optim import build_optimizer, build_scheduler
 from training.preemption import StopRequest
@@ -71,6 +72,22 @@ def evaluate(accelerator: Accelerator, model: torch.nn.Module, batches: list[dic
     loss_sum, tokens = accelerator.reduce(totals, reduction="sum").tolist()
     mean = loss_sum / tokens
     return {"val/loss": mean, "val/ppl": math.exp(min(mean, 50.0))}
+
+
+def forward_loss(
+    model: torch.nn.Module,
+    batch: dict[str, torch.Tensor],
+    synthetic: torch.Tensor | None,
+    synthetic_weight: float | None,
+    signals: bool,
+) -> tuple:
+    """The forward (memory signals only where logged) and its loss: the model's own mean over every labelled
+    token, or, with `data.synthetic_loss_weight`, that share for the synthetic answers (training/loss.py)."""
+    if synthetic_weight is None:
+        output = model(**batch, output_memory_signals=signals)
+        return output, output.loss
+    output = model(input_ids=batch["input_ids"], output_memory_signals=signals)
+    return output, synthetic_weighted_loss(output.logits, batch["labels"], synthetic, synthetic_weight)
 
 
 def train(cfg: RunConfig) -> int:
@@ -124,6 +141,9 @@ def train(cfg: RunConfig) -> int:
         start_step = load_checkpoint(accelerator, resume_from, loader)["step"]
         metrics_file.truncate_after(start_step)
         accelerator.print(f"resumed from {resume_from} at step {start_step}")
+    elif cfg.init_from is not None and val_batches:
+        # Step 0 of continued training: the converted model should start at the source model's loss.
+        log_eval(accelerator, model, val_batches, metrics_file, 0)
 
     stop = StopRequest()
     batches = iter(loader)
@@ -147,9 +167,10 @@ def train(cfg: RunConfig) -> int:
         signals: dict[str, torch.Tensor] = {}
         for _ in range(cfg.train.grad_accum):
             batch = {k: v.to(accelerator.device) for k, v in next(batches).items()}  # (B, T) each
+            synthetic = batch.pop("synthetic", None)  # (B,) rows holding synthetic answers, if mixed
             with accelerator.accumulate(model):
-                output = model(**batch, output_memory_signals=log_now)  # signals only where logged
-                accelerator.backward(output.loss)
+                output, loss = forward_loss(model, batch, synthetic, cfg.data.synthetic_loss_weight, log_now)
+                accelerator.backward(loss)
                 if accelerator.sync_gradients:
                     grad_norm = accelerator.clip_grad_norm_(
                         model.parameters(), cfg.optim.grad_clip or math.inf
@@ -157,7 +178,7 @@ def train(cfg: RunConfig) -> int:
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad()
-            loss_sum += output.loss.detach().float()
+            loss_sum += loss.detach().float()
             for name, value in (output.memory_signals or {}).items():
                 signals[name] = signals.get(name, 0.0) + value.detach().float()
         step += 1

@@ -60,6 +60,9 @@ class DataConfig:
     synthetic_tasks: list[str] = field(default_factory=lambda: list(SYNTHETIC_TASKS))
     mqar_num_pairs: int = 16
     mqar_num_queries: int = 8
+    # Share of each batch's loss given to the synthetic answer tokens (the rest to the text tokens), e.g. 0.5;
+    # null: every labelled token weighs the same (a few answers then drown in ~seq_len text tokens per row).
+    synthetic_loss_weight: float | None = None
 
     def validate(self, chunk_size: int | None = None, model_vocab_size: int | None = None) -> None:
         """Raise `ValueError`/`FileNotFoundError` for the first invalid field.
@@ -149,6 +152,14 @@ class DataConfig:
     def _validate_synthetic(self) -> None:
         if not _is_number(self.synthetic_fraction) or not 0 <= self.synthetic_fraction <= 1:
             raise invalid("synthetic_fraction", self.synthetic_fraction, "a fraction in [0, 1]")
+        weight = self.synthetic_loss_weight
+        if weight is not None and (not _is_number(weight) or not 0 <= weight <= 1):
+            raise invalid(
+                "synthetic_loss_weight",
+                weight,
+                "a fraction in [0, 1] of the loss given to synthetic answers, or null (all labelled tokens "
+                "weigh the same)",
+            )
         tasks = self.synthetic_tasks
         if not isinstance(tasks, (list, tuple)) or any(task not in SYNTHETIC_TASKS for task in tasks):
             raise invalid("synthetic_tasks", tasks, f"a list drawn from {list(SYNTHETIC_TASKS)}")

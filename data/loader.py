@@ -2,7 +2,9 @@
 
 Batches are `{"input_ids": (B, seq_len) int64, "labels": (B, seq_len) int64}`; labels equal input_ids
 (every packed token is a real next token; the model shifts internally) except in synthetic rows, which
-carry -100 outside their answers. Iteration never ends: the trainer stops at `max_steps`. Use one
+carry -100 outside their answers. When synthetic examples are mixed in, batches also hold `"synthetic"`
+(B,) bool, the replaced rows (the trainer weighs their answers with `data.synthetic_loss_weight`; it is not
+a model input). Iteration never ends: the trainer stops at `max_steps`. Use one
 iterator at a time: the loader itself holds the position, and `state_dict()` taken after `k` batches makes
 `load_state_dict` + `iter` continue with batch `k + 1` exactly. The trainer passes `rank`/`world_size` and
 does not wrap the loader with `accelerator.prepare` (that would re-shard it).
@@ -93,10 +95,11 @@ class PackedLoader:
             while self._batch < self.batches_per_epoch:
                 batch = self._batch
                 input_ids, labels = _as_batch(self._rows[shard[batch]])  # (B, seq_len) each
+                out = {"input_ids": input_ids, "labels": labels}
                 if self.mixer is not None:
-                    self.mixer.apply(input_ids, labels, (self._epoch, batch, self.rank))
+                    out["synthetic"] = self.mixer.apply(input_ids, labels, (self._epoch, batch, self.rank))
                 self._batch += 1  # before yielding: a state_dict taken now resumes after this batch
-                yield {"input_ids": input_ids, "labels": labels}
+                yield out
             self._epoch += 1
             self._batch = 0
 
@@ -185,10 +188,11 @@ class StreamingLoader:
 
     def _make_batch(self, rows: list[np.ndarray]) -> Batch:
         input_ids, labels = _as_batch(np.stack(rows))  # (B, seq_len) each
+        out = {"input_ids": input_ids, "labels": labels}
         if self.mixer is not None:
-            self.mixer.apply(input_ids, labels, (self._step, self.rank))
+            out["synthetic"] = self.mixer.apply(input_ids, labels, (self._step, self.rank))
         self._step += 1
-        return {"input_ids": input_ids, "labels": labels}
+        return out
 
     def state_dict(self) -> dict[str, Any]:
         documents, offset = self._packer.position

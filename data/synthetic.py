@@ -192,10 +192,12 @@ class SyntheticMixer:
                 f"tokenizer's {self.vocab_size} ids offer",
             )
 
-    def apply(self, input_ids: torch.Tensor, labels: torch.Tensor, position: tuple[int, ...]) -> None:
-        """Mix into a batch `input_ids`/`labels` (B, seq_len) int64 CPU tensors, in place."""
+    def apply(self, input_ids: torch.Tensor, labels: torch.Tensor, position: tuple[int, ...]) -> torch.Tensor:
+        """Mix into a batch `input_ids`/`labels` (B, seq_len) int64 CPU tensors, in place; return which rows
+        were replaced, (B,) bool (their labels are the synthetic answers)."""
         rng = np.random.default_rng([self.seed, _MIX_STREAM, *position])
-        replaced = np.flatnonzero(rng.random(len(input_ids)) < self.fraction)
+        mixed = rng.random(len(input_ids)) < self.fraction  # (B,)
+        replaced = np.flatnonzero(mixed)
         ids, targets = input_ids.numpy(), labels.numpy()  # views: writes land in the tensors
         for row in replaced:
             task = self.tasks[int(rng.integers(len(self.tasks)))]
@@ -208,3 +210,4 @@ class SyntheticMixer:
                 )
             ids[row] = example["input_ids"].numpy()
             targets[row] = example["labels"].numpy()
+        return torch.from_numpy(mixed)

@@ -1,7 +1,8 @@
 """`python -m eval <task> [options]`: long-context quality and speed/memory of BCT models against baselines.
 
-Tasks: perplexity, passkey, mqar, speed (each writes <task>.json, .md and .png into --out), bench-all (all four
-on a trained BCT and a same-shape Llama, then the README's results section), train-pair (train that pair),
+Tasks: perplexity, passkey, mqar, recall, speed (each writes <task>.json, .md and .png into --out), bench-all
+(all four on a trained BCT and a same-shape Llama, then the README's results section), train-pair (train that
+pair), recall-study (train small models on the recall curriculum and score recall by distance: `make recall`),
 to-llama (turn a full-attention BCT export into a LlamaForCausalLM folder), plot (redraw PNGs from JSON).
 `python -m eval <task> --help` documents each.
 """
@@ -16,6 +17,8 @@ TASKS = {
     "perplexity": "eval.perplexity",
     "passkey": "eval.passkey",
     "mqar": "eval.mqar",
+    "recall": "eval.recall",
+    "recall-study": "eval.recall_study",
     "speed": "eval.speed",
     "bench-all": "eval.bench_all",
     "train-pair": "eval.train_pair",

@@ -1,7 +1,7 @@
 """The contenders of every evaluation: how a model is loaded, which cache it runs with and how text is fed.
 
 A `Method` is one model run one way. BCT exports run as `bct` (and, with `--writes-closed`, also as
-`bct-writes-closed`: the same weights with every memory write gate shut, DESIGN.md §7). Plain HF causal LMs
+`bct-writes-closed`: the same weights with every memory write closed, DESIGN.md §7). Plain HF causal LMs
 (Llama family) run as the baselines, each bounded one at a KV budget of `budget` entries per layer and KV head:
 
 | key | cache | what a query sees |
@@ -30,6 +30,7 @@ from transformers.utils import logging as hf_logging
 from eval.baselines.fastkv import FastKVCache, FastKVSettings, fastkv_prefill
 from eval.baselines.sink_cache import DEFAULT_SINKS, SinkCache, forward_blocks
 from eval.baselines.sliding import sliding_window_model, stored_kv_bytes
+from modeling.cache import CACHE_ARG
 
 BCT_METHODS = ("bct", "bct-writes-closed")
 BASELINES = ("full", "sliding", "sinks", "fastkv")
@@ -42,7 +43,6 @@ LABELS = {
     "sinks": "Sinks (StreamingLLM)",
     "fastkv": "FastKV",
 }
-CLOSED_GATE_BIAS = -1.0e4  # sigmoid(-1e4) == 0 exactly in float32: no slot ever changes
 SINK_BLOCK = 512  # tokens per block when a sink cache streams past its capacity
 
 
@@ -72,13 +72,11 @@ def load_model(source: str, dtype: torch.dtype = torch.float32, with_tokenizer: 
 
 
 def close_writes(model: PreTrainedModel) -> PreTrainedModel:
-    """A copy of a BCT model whose memory never changes (every write gate's bias at -1e4); `model` is untouched."""
-    if model.config.model_type != "bct" or model.config.memory_write_rule != "gated":
-        raise ValueError("Writes can be closed on BCT models with the gated write rule only.")
+    """A copy of a BCT model whose memory never changes (`set_memory_writes(False)`); `model` is untouched."""
+    if model.config.model_type != "bct":
+        raise ValueError(f"Writes can be closed on BCT models only, not on {model.config.model_type!r}.")
     closed = copy.deepcopy(model)
-    with torch.no_grad():
-        for layer in closed.model.layers:
-            layer.self_attn.memory.write.gate_bias.fill_(CLOSED_GATE_BIAS)
+    closed.set_memory_writes(False)
     return closed
 
 
@@ -108,7 +106,7 @@ class Method:
         for offset in range(0, input_ids.shape[1], segment):
             out = self.model(
                 input_ids[:, offset : offset + segment],
-                past_key_values=cache,
+                **{CACHE_ARG: cache},
                 use_cache=True,
                 logits_to_keep=logits_to_keep,
             )

@@ -141,7 +141,63 @@ def plot_speed(payload: dict, path: Path) -> None:
     _save(fig, path)
 
 
-PLOTS = {"perplexity": plot_perplexity, "passkey": plot_passkey, "mqar": plot_mqar, "speed": plot_speed}
+def plot_recall(payload: dict, path: Path) -> None:
+    """Accuracy against distance, one panel per (task, pairs), one line per method (writes closed dashed),
+    the window and the stacked reach marked, chance and bag of values as grey levels."""
+    settings = payload["settings"]
+    panels: dict[tuple[str, int], list[dict]] = {}
+    for row in payload["curve"]:
+        panels.setdefault((row["task"], row["num_pairs"]), []).append(row)
+    cols = min(2, len(panels))
+    nrows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(6.2 * cols, 3.8 * nrows), squeeze=False)
+    colours = plt.get_cmap("tab10").colors
+    labels = list(dict.fromkeys(row["label"] for row in payload["curve"]))
+    for ax, ((task, pairs), rows) in zip(axes.flat, panels.items()):
+        for (label, variant), line in _by_key(rows, ("label", "variant")).items():
+            centres = [(r["lo"] + r["hi"]) / 2 for r in line]
+            ax.plot(
+                centres,
+                [r["accuracy"] for r in line],
+                color=colours[labels.index(label) % len(colours)],
+                linestyle="--" if variant == "closed" else "-",
+                marker="o",
+                markersize=2.5,
+                linewidth=1.3,
+                label=label if variant == "open" else f"{label}, writes closed",
+            )
+        ax.axvline(settings["window"], color="0.4", linestyle=":", linewidth=1)
+        ax.axvline(settings["stacked_reach"], color="0.4", linestyle=":", linewidth=1)
+        ax.axhline(rows[0]["chance"], color="0.6", linewidth=0.8)
+        ax.axhline(rows[0]["bag"], color="0.6", linewidth=0.8, linestyle="-.")
+        ax.set_ylim(-0.03, 1.03)
+        ax.set_xlabel("distance to the recalled token (W and L·(W+C) dotted)")
+        ax.set_ylabel("accuracy per answer")
+        ax.set_title(
+            f"{task}, {pairs} pair{'s' if pairs > 1 else ''} (grey: chance, bag of values)", fontsize=9
+        )
+        ax.grid(alpha=0.3)
+    axes.flat[0].legend(fontsize=6, ncol=2)
+    for ax in list(axes.flat)[len(panels) :]:
+        ax.axis("off")
+    _save(fig, path)
+
+
+def _by_key(rows: list[dict], keys: tuple[str, ...]) -> dict[tuple, list[dict]]:
+    out: dict[tuple, list[dict]] = {}
+    for row in rows:
+        out.setdefault(tuple(row[k] for k in keys), []).append(row)
+    return out
+
+
+PLOTS = {
+    "perplexity": plot_perplexity,
+    "passkey": plot_passkey,
+    "mqar": plot_mqar,
+    "speed": plot_speed,
+    "recall": plot_recall,
+    "recall-study": plot_recall,
+}
 
 
 def plot_payload(payload: dict, path: str | Path) -> Path:

@@ -36,6 +36,7 @@ from eval.common import header, write_outputs
 from eval.methods import BASELINES, LoadedModel, Method, build_methods, load_model
 from eval.report import markdown_table, pivot
 from eval.shapes import CAPACITY, SHAPE, random_bct, random_llama
+from modeling.cache import CACHE_ARG
 
 
 def random_models(max_length: int) -> list[LoadedModel]:
@@ -66,7 +67,7 @@ def warm_up(methods: list[Method], vocab: int) -> None:
     for method in methods:
         _, cache = time_prefill(method, prompt)
         for _ in range(2):
-            method.model(prompt[:, -1:], past_key_values=cache, use_cache=True)
+            method.model(prompt[:, -1:], **{CACHE_ARG: cache}, use_cache=True)
 
 
 def prefill_rounds(context: int) -> int:
@@ -101,7 +102,7 @@ def measure_length(
     for _ in range(steps + 2):  # two warm-up steps
         for method in active:
             start = time.perf_counter()
-            method.model(token, past_key_values=caches[method.label], use_cache=True)
+            method.model(token, **{CACHE_ARG: caches[method.label]}, use_cache=True)
             step_ms[method.label].append((time.perf_counter() - start) * 1000)
     rows = []
     for method in methods:

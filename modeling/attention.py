@@ -10,7 +10,8 @@ Three implementations of the same function, side by side:
   the two fast paths to it on outputs, final memory and gradients.
 
 Read rule (DESIGN.md §1): memory logits use the un-rotated query against position-free memory keys;
-window logits use rotated queries and keys; both scaled by 1/√d and normalised by one softmax.
+window logits use rotated queries and keys; both scaled by 1/√d, the memory logits then shifted by a
+learned per-slot bias (`BCTMemory.read_bias`), and normalised by one softmax.
 Write rule: chunk i's queries see the memory after `max(0, i - W/C)` chunk writes and the window
 positions `[max(0, i·C - W), p]`. Masks use `finfo.min`, not -inf: with `memory_slots = 0` a padded
 query may have no valid key.
@@ -29,7 +30,7 @@ from transformers.models.llama.modeling_llama import LlamaRMSNorm
 from .cache import BCTCacheLayer
 from .configuration_bct import BCTConfig
 from .layout import ChunkPlan, StepPlan
-from .memory import BCTMemory, MemoryWrite
+from .memory import BCTMemory
 from .rotary import BCTRotary, apply_rotary
 
 
@@ -134,7 +135,7 @@ class BCTAttention(nn.Module):
             vq = q.new_zeros(batch, heads, region + 1, head_dim)
             vq = vq.scatter(2, out_index[:, None, :, None].expand(-1, heads, -1, head_dim), q)[:, :, :region]
 
-        out, states, gate, share = self.attend_chunks(
+        out, states, write_signals, share = self.attend_chunks(
             vq, vk, vv, state.mem_k, state.mem_v, plan, want_signals
         )
         if plan.uniform_ring_len is not None:
@@ -143,7 +144,7 @@ class BCTAttention(nn.Module):
         else:
             out = out.gather(2, plan.out_index[:, None, :, None].expand(-1, heads, -1, head_dim))
             out = out * plan.real[:, None, :, None]
-        signals = {"attn_share": share, "write_gate": gate} if want_signals else None
+        signals = {"attn_share": share, **write_signals} if want_signals else None
         if not keep_state:
             return out, None, signals
         rows = torch.arange(batch, device=q.device)
@@ -163,7 +164,7 @@ class BCTAttention(nn.Module):
 
         q: (B, H, nq·C, d) queries of chunks j0..n-1; k, v: (B, G, n·C, d), all pre-RoPE; mem_k, mem_v:
         (B, G, M, d) before virtual chunk 0. Returns out (B, H, nq·C, d), the memory states
-        (B, G, writes + 1, M, 2d), the mean write gate and the share of attention on memory.
+        (B, G, writes + 1, M, 2d), the write signals and the share of attention on memory (when asked).
         """
         batch, heads, _, head_dim = q.shape
         window, chunk, first = self.window, self.chunk, plan.first_chunk
@@ -172,7 +173,8 @@ class BCTAttention(nn.Module):
         nq, lag = num_chunks - first, window // chunk
 
         # 1. memory recurrence: chunk j reads the state after max(0, j - W/C) writes.
-        states, gate = scan_memory(self.memory.write, mem_k, mem_v, k, v, max(0, num_chunks - 1 - lag), chunk)
+        num_writes = max(0, num_chunks - 1 - lag)
+        states, write_signals = scan_memory(self.memory, mem_k, mem_v, k, v, num_writes, chunk, want_share)
         read = read_states(states, first, num_chunks, lag)
         read_k, read_v = read[..., :head_dim], read[..., head_dim:]  # (B, G, nq, M, d)
 
@@ -189,6 +191,7 @@ class BCTAttention(nn.Module):
         v_win = F.pad(v, (0, 0, window, 0)).unfold(2, window + chunk, chunk)[:, :, first:].transpose(-1, -2)
 
         scores_mem = torch.matmul(q_raw, read_k.transpose(-1, -2))  # (B, G, nq, R·C, M)
+        scores_mem = scores_mem + self.memory.logit_bias(read_k, read_v).unsqueeze(-2)
         scores_win = torch.matmul(q_rot, k_win)  # (B, G, nq, R·C, W + C)
         visible = chunk_mask(num_chunks, first, window, chunk, q.device).repeat(1, rep, 1)  # (nq, R·C, W + C)
         scores_win = scores_win.masked_fill(~visible, torch.finfo(scores_win.dtype).min)
@@ -200,7 +203,7 @@ class BCTAttention(nn.Module):
             probs[..., slots:], v_win
         )  # (B,G,nq,R·C,d)
         out = out.reshape(batch, kv_heads, nq, rep, chunk, head_dim).transpose(2, 3)
-        return out.reshape(batch, heads, nq * chunk, head_dim), states, gate, share
+        return out.reshape(batch, heads, nq * chunk, head_dim), states, write_signals, share
 
     # ----------------------------------------------------------------------------------------------
     # Step path: decoding, one real token per row against the ring
@@ -214,7 +217,7 @@ class BCTAttention(nn.Module):
         gate = None
         if plan.any_evict:
             evict = plan.evict[:, None, None, None]
-            if mem_k.shape[2] > 0:
+            if mem_k.shape[2] > 0 and self.memory.writes_open:
                 evicted_k, evicted_v = ring_k[:, :, :chunk], ring_v[:, :, :chunk]
                 new_k, new_v, gates = self.memory.write.write_chunk(mem_k, mem_v, evicted_k, evicted_v)
                 mem_k, mem_v = torch.where(evict, new_k, mem_k), torch.where(evict, new_v, mem_v)
@@ -235,28 +238,47 @@ class BCTAttention(nn.Module):
             torch.cat((mem_k, ring_k), dim=2), plan.cos_keys, plan.sin_keys
         )  # (B, G, M+W+C, d)
         values = torch.cat((mem_v, ring_v), dim=2)
+        # This layer's read bias on the memory columns: (B, G, 1, M+W+C)
+        bias = plan.bias + F.pad(self.memory.logit_bias(mem_k, mem_v), (0, ring_k.shape[2])).unsqueeze(2)
         signals = None
         if want_signals:
-            scores = torch.matmul(q_rot, keys.transpose(-1, -2)) * self.scale + plan.bias  # (B, G, R, M+W+C)
+            scores = torch.matmul(q_rot, keys.transpose(-1, -2)) * self.scale + bias  # (B, G, R, M+W+C)
             probs = torch.softmax(scores.float(), dim=-1).to(q.dtype)
             out = torch.matmul(probs, values)
             signals = {"attn_share": probs[..., : mem_k.shape[2]].float().sum(-1).mean(), "write_gate": gate}
         else:
-            out = F.scaled_dot_product_attention(q_rot, keys, values, attn_mask=plan.bias, scale=self.scale)
+            out = F.scaled_dot_product_attention(q_rot, keys, values, attn_mask=bias, scale=self.scale)
         return out.reshape(batch, heads, 1, head_dim), LayerState(mem_k, mem_v, ring_k, ring_v), signals
 
 
-def scan_memory(write: MemoryWrite, mem_k, mem_v, k, v, num_writes: int, chunk: int):
+def scan_memory(
+    memory: BCTMemory, mem_k, mem_v, k, v, num_writes: int, chunk: int, want_signals: bool = False
+):
     """Write virtual chunks 0..num_writes-1 in order. Returns all num_writes + 1 memory states stacked,
-    (B, G, num_writes + 1, M, 2d) = [keys | values], and the mean write gate (None when nothing was written)."""
+    (B, G, num_writes + 1, M, 2d) = [keys | values], and, when asked, the write signals (mean write gate,
+    slot-key cosine of the last state, routing entropy; empty when nothing was written)."""
     mem = torch.cat((mem_k, mem_v), dim=-1)
-    if mem.shape[2] == 0 or num_writes == 0:
-        return mem.unsqueeze(2).expand(-1, -1, num_writes + 1, -1, -1), None
+    if mem.shape[2] == 0 or num_writes == 0 or not memory.writes_open:
+        return mem.unsqueeze(2).expand(-1, -1, num_writes + 1, -1, -1), {}
     span = num_writes * chunk
-    features = write.token_features(k[:, :, :span], v[:, :, :span])  # (B, G, span, F)
+    features = memory.write.token_features(k[:, :, :span], v[:, :, :span])  # (B, G, span, F)
     batch, heads, _, width = features.shape
-    states, gates = write.scan(mem, features.reshape(batch, heads, num_writes, chunk, width))
-    return states, gates.detach().float().mean()
+    states, gates = memory.write.scan(mem, features.reshape(batch, heads, num_writes, chunk, width))
+    if not want_signals:
+        return states, {}
+    signals = {"write_gate": gates.detach().float().mean(), "slot_key_cosine": slot_cosine(states[:, :, -1])}
+    entropy = memory.write.routing_entropy(features.detach())
+    return states, signals if entropy is None else {**signals, "routing_entropy": entropy.float()}
+
+
+def slot_cosine(mem: torch.Tensor) -> torch.Tensor:
+    """Mean pairwise cosine of the slot keys in mem (B, G, M, 2d): near 1 means the slots collapsed."""
+    keys = F.normalize(mem[..., : mem.shape[-1] // 2].detach().float(), dim=-1)
+    slots = keys.shape[2]
+    if slots < 2:
+        return keys.new_zeros(())
+    gram = torch.matmul(keys, keys.transpose(-1, -2))  # (B, G, M, M)
+    return (gram.sum((-1, -2)) - gram.diagonal(dim1=-2, dim2=-1).sum(-1)).mean() / (slots * (slots - 1))
 
 
 def read_states(states: torch.Tensor, first_chunk: int, num_chunks: int, lag: int) -> torch.Tensor:
@@ -299,7 +321,7 @@ def reference_attention(
     outputs = []
     for p in range(length):
         i = p // chunk
-        if p % chunk == 0 and i - window // chunk - 1 >= 0 and mem_k.shape[2] > 0:
+        if p % chunk == 0 and i - window // chunk - 1 >= 0 and mem_k.shape[2] > 0 and memory.writes_open:
             c = i - window // chunk - 1  # the chunk leaving the window now
             span = slice(c * chunk, (c + 1) * chunk)
             mem_k, mem_v, _ = memory.write.write_chunk(mem_k, mem_v, k[:, :, span], v[:, :, span])
@@ -309,16 +331,9 @@ def reference_attention(
         values = v[:, :, lo : p + 1].repeat_interleave(rep, dim=1)
         query = q[:, :, p : p + 1]  # (B, H, 1, d)
         query_rot = apply_rotary(query, cos[p], sin[p])
-        logits = (
-            torch.cat(
-                (
-                    query @ mem_k.repeat_interleave(rep, dim=1).transpose(-1, -2),
-                    query_rot @ keys.transpose(-1, -2),
-                ),
-                dim=-1,
-            )
-            * scale
-        )
+        mem_logits = query @ mem_k.repeat_interleave(rep, dim=1).transpose(-1, -2) * scale  # (B, H, 1, M)
+        mem_logits = mem_logits + memory.logit_bias(mem_k, mem_v).repeat_interleave(rep, dim=1).unsqueeze(2)
+        logits = torch.cat((mem_logits, query_rot @ keys.transpose(-1, -2) * scale), dim=-1)
         probs = torch.softmax(logits.float(), dim=-1).to(q.dtype)
         slots = mem_k.shape[2]
         outputs.append(probs[..., :slots] @ mem_v.repeat_interleave(rep, dim=1) + probs[..., slots:] @ values)

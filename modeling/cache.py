@@ -17,8 +17,14 @@ from __future__ import annotations
 
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
+from transformers.modeling_outputs import BaseModelOutputWithPast
 
 from .configuration_bct import BCTConfig
+
+# The name under which the installed transformers hands a cache to a model's forward and keeps it in model
+# outputs: `cache` from 5.24 on; `past_key_values` before (still accepted, with a warning, until 5.40).
+CACHE_ARG = "cache" if "cache" in BaseModelOutputWithPast.__dataclass_fields__ else "past_key_values"
+CACHE_ARG_NAMES = ("cache", "past_key_values")
 
 
 class BCTCacheLayer(CacheLayerMixin):
@@ -89,7 +95,8 @@ _NOT_CROPPABLE = (
 
 
 class BCTCache(Cache):
-    """Fixed-capacity cache of a BCT model. Pass it as `past_key_values`, or let the model create one."""
+    """Fixed-capacity cache of a BCT model. Pass it as `cache` (`past_key_values` before transformers 5.24),
+    or let the model create one."""
 
     def __init__(self, config: BCTConfig):
         ring_size = config.window + config.chunk_size
@@ -150,3 +157,23 @@ class BCTCache(Cache):
     @property
     def is_croppable(self) -> bool:
         return False
+
+
+def take_cache(cache: Cache | None, past_key_values: Cache | None, extra: dict) -> BCTCache | None:
+    """The one cache a forward call was given, under either name; a cache left in `extra` (a name the model
+    does not read, which would silently start from an empty memory) or one of another class is an error."""
+    if cache is not None and past_key_values is not None:
+        raise ValueError("Pass the cache once, as `cache` (or `past_key_values`), not under both names.")
+    stray = [name for name, value in extra.items() if isinstance(value, Cache)]
+    if stray:
+        raise TypeError(
+            f"BCT got a cache under {stray[0]}=, a name it does not read; pass it as cache= "
+            "(transformers >= 5.24) or past_key_values=."
+        )
+    cache = past_key_values if cache is None else cache
+    if cache is not None and not isinstance(cache, BCTCache):
+        raise TypeError(
+            f"BCT models need a BCTCache as cache, got {type(cache).__name__}. "
+            "Pass BCTCache(model.config) or nothing (the model creates one when use_cache=True)."
+        )
+    return cache

@@ -21,7 +21,7 @@ import torch
 from transformers import PreTrainedConfig
 from transformers.activations import ACT2FN
 
-WRITE_RULES = ("gated", "fifo")
+WRITE_RULES = ("gated", "delta", "retain", "fifo")
 # RoPE variants whose frequencies do not depend on the current sequence length: relative rotation stays exact.
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3", "yarn")
 
@@ -35,7 +35,7 @@ class BCTConfig(PreTrainedConfig):
     the value and what is allowed)."""
 
     model_type = "bct"
-    keys_to_ignore_at_inference = ["past_key_values"]
+    keys_to_ignore_at_inference = ["cache", "past_key_values"]
 
     vocab_size: int = 32000
     hidden_size: int = 256

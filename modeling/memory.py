@@ -1,15 +1,26 @@
 """The learned memory of one attention layer: initial slots and the rule that writes evicted tokens into them.
 
 Learned parameters live here; the per-sequence memory state lives in `BCTCache` (or, during a parallel
-forward, in local tensors). Shapes: B batch, G KV heads, M slots, C chunk tokens, d head size.
+forward, in local tensors). Shapes: B batch, G KV heads, M slots, C chunk tokens, d head size, n chunks.
 
 Write rules share one small interface (`MemoryWrite`: per-token features, then one recurrence step per chunk)
-over pre-RoPE keys, so that rules can be compared in ablations:
+over pre-RoPE keys, so that rules can be compared in ablations (docs/design.md §8 has the study):
 
-- `gated` (default, DESIGN.md §1): every evicted token distributes itself over the slots
-  (`A = softmax_slots(Km·Wr·Kᵉᵀ/√d)`), each slot takes the A-weighted mean of the chunk (`K̂, V̂`), and a
-  sigmoid gate that sees the slot, its candidate and how much mass it received (`Σ_tokens A`) blends them:
-  `Km ← Km + g⊙(K̂ − Km)`. A slot that received almost nothing keeps its content (log-mass term).
+- `gated` (default): every slot has a learned *address* (kept apart from its contents, so slots are distinct
+  from the start and cannot collapse onto the chunk mean). A token routes itself over the slots by the
+  cosine of its key with the addresses (`a = softmax_M(τ·cos(k, addr))`), and asks to be kept with a learned
+  per-token write strength `w = σ(u·[k; v] + c)` (w → 0: not written). Slot s receives mass
+  `m_s = Σ_t w_t a_ts` and moves toward the w·a-weighted mean of its tokens by `g_s = m_s / (m_s + e^(−b_s))`:
+  `mem_s ← mem_s + (Σ_t w_t a_ts [k_t; v_t] − m_s·mem_s) / (m_s + e^(−b_s))`. Address, strength and gate
+  depend only on the incoming tokens, so the write is a linear recurrence `mem ← (1 − g)·mem + g·cand`.
+- `delta`: error-correcting slots in the manner of DeltaNet/ARMT. The same addressing; each token corrects
+  the slots toward itself in proportion to its address and strength β, against what the memory already
+  returns for that address: `mem ← mem + D·Σ_t β_t a_t ([k_t; v_t] − a_tᵀ·mem)`, D = σ(b_s) / max(1, m_s)
+  per slot (a learned rate that keeps the chunk's transition contractive).
+- `retain`: exact retention of evicted tokens. The memory keeps the exact pre-RoPE key/value of the M
+  entries with the highest learned retention score `s = u·[k; v] + c` among [memory ; evicted chunk], the
+  same hard top-M in training and decoding; `log σ(s)` is added to those entries' attention logits, which is
+  how the score learns (TRIM-KV, Locret). FastKV/SnapKV-style selection, trained into the weights.
 - `fifo`: a learned FIFO; each chunk is pooled into one key/value with learned attention weights and
   pushed into the slots, the oldest slot dropping out.
 """
@@ -19,13 +30,11 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+from transformers import initialization as init
 
 from .configuration_bct import BCTConfig
-from .gated_scan import GatedScan, gated_scan_steps
-
-# Floor on the slot mass before the log: a slot that got nothing has its gate pushed shut (log 1e-6 ≈ -13.8).
-_MASS_FLOOR = 1e-6
 
 
 class MemoryWrite(nn.Module):
@@ -61,54 +70,140 @@ class MemoryWrite(nn.Module):
         mem, gate = self(torch.cat((mem_k, mem_v), dim=-1), self.token_features(chunk_k, chunk_v))
         return *mem.chunk(2, dim=-1), gate
 
+    def read_bias(self, mem_k: torch.Tensor, mem_v: torch.Tensor) -> torch.Tensor | None:
+        """A logit added to each memory entry when it is read, from its contents: (..., M) or None."""
+        return None
 
-class GatedSlotWrite(MemoryWrite):
+    def routing_entropy(self, features: torch.Tensor) -> torch.Tensor | None:
+        """Mean entropy (nats) of the tokens' distribution over slots, for the memory signals; None if the
+        rule does not route."""
+        return None
+
+    def init_weights(self, config: BCTConfig) -> None:
+        """Initialise the rule's parameters (called from the model's `_init_weights`)."""
+
+
+class AddressedWrite(MemoryWrite):
+    """Shared by `gated` and `delta`: learned slot addresses, cosine routing with a learned temperature and a
+    per-token write strength. Features per token: [w·a (M) | a (M) | k (d) | v (d)]."""
+
     def __init__(self, num_kv_heads: int, slots: int, head_dim: int, gate_bias_init: float):
         super().__init__()
-        self.scale = 1.0 / math.sqrt(head_dim)
-        # Routing matrix per KV head, identity at init: tokens go to the slots whose keys they resemble.
-        self.route = nn.Parameter(torch.eye(head_dim).repeat(num_kv_heads, 1, 1))  # (G, d, d)
-        # Gate logit = bias(slot) + <Km, w_mem> + <K̂, w_key> + <V̂, w_value> + mass_weight * log Σ_tokens A
-        self.gate_bias = nn.Parameter(
-            torch.full((num_kv_heads, slots, 1), float(gate_bias_init))
-        )  # (G, M, 1)
-        self.gate_mem = nn.Parameter(torch.zeros(num_kv_heads, head_dim, 1))  # (G, d, 1)
-        self.gate_key = nn.Parameter(torch.zeros(num_kv_heads, head_dim, 1))
-        self.gate_value = nn.Parameter(torch.zeros(num_kv_heads, head_dim, 1))
-        self.gate_mass = nn.Parameter(torch.ones(num_kv_heads, 1, 1))  # (G, 1, 1)
+        self.slots = slots
+        self.gate_bias_init = gate_bias_init
+        self.address = nn.Parameter(torch.zeros(num_kv_heads, slots, head_dim))  # (G, M, d)
+        self.log_temperature = nn.Parameter(torch.zeros(num_kv_heads, 1, 1))  # τ = e^this, (G, 1, 1)
+        self.strength = nn.Parameter(torch.zeros(num_kv_heads, 2 * head_dim, 1))  # u, (G, 2d, 1)
+        self.strength_bias = nn.Parameter(torch.zeros(num_kv_heads, 1, 1))  # c
+        self.gate_bias = nn.Parameter(torch.zeros(num_kv_heads, slots))  # b, (G, M)
+
+    def init_weights(self, config: BCTConfig) -> None:
+        # Random addresses: distinct slots from the first step. τ = 2√d gives routing logits of std ≈ 2.
+        init.normal_(self.address, mean=0.0, std=1.0)
+        init.constant_(self.log_temperature, math.log(2.0 * math.sqrt(self.address.shape[-1])))
+        init.zeros_(self.strength)
+        init.zeros_(self.strength_bias)
+        init.constant_(self.gate_bias, self.gate_bias_init)
 
     def token_features(self, k, v):
-        # [Kᵉ·Wrᵀ/√d | Kᵉ | Vᵉ | <Kᵉ, w_key> + <Vᵉ, w_value>]; since K̂ = weights·Kᵉ, <K̂, w_key> = weights·<Kᵉ, w_key>.
-        routed = torch.matmul(k, self.route.transpose(-1, -2)) * self.scale  # (B, G, S, d)
-        gate_term = torch.matmul(k, self.gate_key) + torch.matmul(v, self.gate_value)  # (B, G, S, 1)
-        return torch.cat((routed, k, v, gate_term), dim=-1)  # (B, G, S, 3d + 1)
+        kv = torch.cat((k, v), dim=-1)  # (B, G, S, 2d)
+        cosine = torch.matmul(F.normalize(k, dim=-1), F.normalize(self.address, dim=-1).transpose(-1, -2))
+        route = torch.softmax(cosine * self.log_temperature.exp(), dim=-1)  # (B, G, S, M)
+        strength = torch.sigmoid(
+            torch.matmul(kv, self.strength) / math.sqrt(k.shape[-1]) + self.strength_bias
+        )
+        return torch.cat((strength * route, route, kv), dim=-1)
+
+    def split(self, features):
+        """-> w·a (…, C, M), a (…, C, M), [k; v] (…, C, 2d)."""
+        return (
+            features[..., : self.slots],
+            features[..., self.slots : 2 * self.slots],
+            features[..., 2 * self.slots :],
+        )
+
+    def routing_entropy(self, features):
+        route = self.split(features)[1]
+        return -(route * route.clamp_min(1e-12).log()).sum(-1).mean()
+
+
+class GatedSlotWrite(AddressedWrite):
+    def step_terms(self, features):
+        """Per chunk: the gate g (…, M) and the gated candidate g·cand (…, M, 2d), from the tokens alone."""
+        weighted, _, kv = self.split(features)
+        mass = weighted.sum(dim=-2)  # (…, M) Σ_t w_t a_ts
+        bias = self.gate_bias.view(self.gate_bias.shape[0], *[1] * (features.dim() - 4), self.slots)
+        denominator = mass + torch.exp(-bias)  # m + e^-b
+        pushed = torch.matmul(weighted.transpose(-1, -2), kv) / denominator.unsqueeze(-1)  # (…, M, 2d)
+        return mass / denominator, pushed
 
     def forward(self, mem, features):
-        head_dim = mem.shape[-1] // 2
-        mem_k = mem[..., :head_dim]
-        logits = torch.matmul(
-            mem_k, features[..., :head_dim].transpose(-1, -2)
-        )  # (B, G, M, C) = Km·Wr·Kᵉᵀ/√d
-        assign = torch.softmax(logits, dim=-2)  # each token over slots
-        mass = assign.sum(dim=-1, keepdim=True).clamp_min(_MASS_FLOOR)  # (B, G, M, 1)
-        candidates = torch.matmul(
-            assign / mass, features[..., head_dim:]
-        )  # (B, G, M, 2d + 1) = [K̂ | V̂ | gate term]
-        gate_logit = self.gate_bias + torch.matmul(mem_k, self.gate_mem) + candidates[..., -1:]
-        gate = torch.sigmoid(torch.addcmul(gate_logit, self.gate_mass, mass.log()))  # (B, G, M, 1)
-        return torch.lerp(mem, candidates[..., :-1], gate), gate.squeeze(-1)
+        gate, pushed = self.step_terms(features)
+        return mem * (1.0 - gate).unsqueeze(-1) + pushed, gate
 
     def scan(self, mem, features):
-        params = (self.gate_bias, self.gate_mem, self.gate_mass)
-        if torch.is_grad_enabled() and any(t.requires_grad for t in (mem, features, *params)):
-            return GatedScan.apply(mem, features, *params, _MASS_FLOOR)
-        return gated_scan_steps(mem, features, *params, _MASS_FLOOR)
+        # The gates and candidates of every chunk in one batched op; only the lerp runs chunk by chunk.
+        gates, pushed = self.step_terms(features)  # (B, G, n, M), (B, G, n, M, 2d)
+        keep = (1.0 - gates).unsqueeze(-1)
+        states = [mem]
+        for t in range(features.shape[2]):
+            mem = mem * keep[:, :, t] + pushed[:, :, t]
+            states.append(mem)
+        return torch.stack(states, dim=2), gates
+
+
+class DeltaSlotWrite(AddressedWrite):
+    def forward(self, mem, features):
+        weighted, route, kv = self.split(features)  # (B, G, C, M) ×2, (B, G, C, 2d)
+        error = kv - torch.matmul(route, mem)  # (B, G, C, 2d): token minus what its address reads now
+        mass = weighted.sum(dim=-2)  # (B, G, M)
+        step = torch.sigmoid(self.gate_bias) / mass.clamp_min(1.0)  # a learned rate per slot, at most 1/mass
+        correction = torch.matmul(weighted.transpose(-1, -2), error) * step.unsqueeze(-1)  # (B, G, M, 2d)
+        return mem + correction, mass * step
+
+
+class RetainWrite(MemoryWrite):
+    """Keeps the M entries of [memory ; evicted chunk] with the highest retention score. Features per token:
+    [k | v]; the score is recomputed from an entry's contents wherever it is needed."""
+
+    def __init__(self, num_kv_heads: int, head_dim: int):
+        super().__init__()
+        self.score = nn.Parameter(torch.zeros(num_kv_heads, 2 * head_dim, 1))  # u, (G, 2d, 1)
+        self.score_bias = nn.Parameter(torch.zeros(num_kv_heads, 1, 1))  # c
+
+    def init_weights(self, config: BCTConfig) -> None:
+        # Small random scores: a fresh model keeps an arbitrary but fixed choice of tokens.
+        init.normal_(self.score, mean=0.0, std=config.initializer_range)
+        init.constant_(self.score_bias, 2.0)  # log σ(2) ≈ -0.13: retained entries start nearly unpenalised
+
+    def scores(self, entries: torch.Tensor) -> torch.Tensor:
+        """entries (B, G, [n,] N, 2d) -> retention scores (B, G, [n,] N)."""
+        raw = torch.einsum("bg...f,gf->bg...", entries, self.score[..., 0]) / math.sqrt(
+            entries.shape[-1] // 2
+        )
+        return raw + self.score_bias.view(-1, *[1] * (entries.dim() - 3))
+
+    def token_features(self, k, v):
+        return torch.cat((k, v), dim=-1)
+
+    def forward(self, mem, features):
+        slots = mem.shape[2]
+        pool = torch.cat((mem, features), dim=2)  # (B, G, M + C, 2d)
+        keep = self.scores(pool.detach()).topk(slots, dim=-1).indices.sort(dim=-1).values  # (B, G, M)
+        new_mem = pool.gather(2, keep.unsqueeze(-1).expand(-1, -1, -1, pool.shape[-1]))
+        return new_mem, (keep >= slots).to(mem.dtype)  # gate: 1 where a slot took a new token
+
+    def read_bias(self, mem_k, mem_v):
+        return F.logsigmoid(self.scores(torch.cat((mem_k, mem_v), dim=-1)))
 
 
 class FifoWrite(MemoryWrite):
     def __init__(self, num_kv_heads: int, head_dim: int):
         super().__init__()
         self.pool = nn.Parameter(torch.zeros(num_kv_heads, head_dim, 1))  # (G, d, 1); zero = mean pooling
+
+    def init_weights(self, config: BCTConfig) -> None:
+        init.zeros_(self.pool)
 
     def token_features(self, k, v):
         return torch.cat((k, v, torch.matmul(k, self.pool)), dim=-1)  # (B, G, S, 2d + 1)
@@ -121,18 +216,41 @@ class FifoWrite(MemoryWrite):
         return torch.cat((mem[:, :, 1:], pooled), dim=2), gate
 
 
+def make_write(config: BCTConfig) -> MemoryWrite:
+    kv_heads, slots, head_dim = config.num_key_value_heads, config.memory_slots, config.head_dim
+    rule = config.memory_write_rule
+    if rule == "gated":
+        return GatedSlotWrite(kv_heads, slots, head_dim, config.memory_gate_bias_init)
+    if rule == "delta":
+        return DeltaSlotWrite(kv_heads, slots, head_dim, config.memory_gate_bias_init)
+    if rule == "retain":
+        return RetainWrite(kv_heads, head_dim)
+    return FifoWrite(kv_heads, head_dim)
+
+
 class BCTMemory(nn.Module):
-    """Learned initial slots (what a fresh sequence sees; also a learned attention sink) and the write rule."""
+    """Learned initial slots (what a fresh sequence sees; also a learned attention sink), a per-slot read
+    logit bias and the write rule."""
 
     def __init__(self, config: BCTConfig):
         super().__init__()
         kv_heads, slots, head_dim = config.num_key_value_heads, config.memory_slots, config.head_dim
         self.init_keys = nn.Parameter(torch.zeros(kv_heads, slots, head_dim))  # (G, M, d)
         self.init_values = nn.Parameter(torch.zeros(kv_heads, slots, head_dim))
-        if config.memory_write_rule == "gated":
-            self.write = GatedSlotWrite(kv_heads, slots, head_dim, config.memory_gate_bias_init)
-        else:
-            self.write = FifoWrite(kv_heads, head_dim)
+        # Added to every query's logit on each slot (the un-rotated q·Km/√d): 0 for a fresh model; strongly
+        # negative in a converted one, so that its slots start with ~no attention mass (see convert.py).
+        self.read_bias = nn.Parameter(torch.zeros(kv_heads, slots))  # (G, M)
+        self.write = make_write(config)
+        # Runtime switch, not a weight: closed, the memory keeps its initial slots (the "writes closed" control).
+        self.writes_open = True
+
+    def logit_bias(self, mem_k: torch.Tensor, mem_v: torch.Tensor) -> torch.Tensor:
+        """What every query adds to its logit on each memory entry: the learned per-slot bias plus the rule's
+        content bias. mem_k, mem_v (B, G, [n,] M, d) -> (B, G, [n,] M)."""
+        kv_heads, slots = self.read_bias.shape
+        bias = self.read_bias.to(mem_k.dtype).view(kv_heads, *[1] * (mem_k.dim() - 4), slots)
+        content = self.write.read_bias(mem_k, mem_v)
+        return bias.expand(mem_k.shape[:-1]) if content is None else bias + content
 
     def initial_state(self, batch_size: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """The fresh memory, (B, G, M, d) each (a broadcast view: writes return new tensors)."""

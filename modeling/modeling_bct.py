@@ -20,10 +20,10 @@ from transformers.modeling_utils import PreTrainedModel
 from transformers.models.llama.modeling_llama import LlamaMLP, LlamaRMSNorm
 
 from .attention import BCTAttention
-from .cache import BCTCache
+from .cache import CACHE_ARG, CACHE_ARG_NAMES, BCTCache, take_cache
 from .configuration_bct import BCTConfig
 from .layout import ChunkPlan, StepPlan, plan_chunks, plan_step, real_token_mask
-from .memory import BCTMemory, FifoWrite, GatedSlotWrite
+from .memory import BCTMemory, MemoryWrite
 from .rotary import BCTRotary
 
 
@@ -47,8 +47,8 @@ class BCTDecoderLayer(GradientCheckpointingLayer):
         self.input_layernorm = LlamaRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.post_attention_layernorm = LlamaRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
 
-    def forward(self, hidden_states, plan, past_key_values=None, want_signals=False):
-        cache_layer = None if past_key_values is None else past_key_values.layers[self.self_attn.layer_idx]
+    def forward(self, hidden_states, plan, cache=None, want_signals=False):
+        cache_layer = None if cache is None else cache.layers[self.self_attn.layer_idx]
         attn_out, signals = self.self_attn(
             self.input_layernorm(hidden_states), plan, cache_layer, want_signals
         )
@@ -63,7 +63,7 @@ class BCTPreTrainedModel(PreTrainedModel):
     base_model_prefix = "model"
     supports_gradient_checkpointing = True
     _no_split_modules = ["BCTDecoderLayer"]
-    _skip_keys_device_placement = ["past_key_values"]
+    _skip_keys_device_placement = list(CACHE_ARG_NAMES)
     # The cache is stateful: memory writes cannot be undone, so assisted decoding is refused by generate().
     _is_stateful = True
 
@@ -76,15 +76,16 @@ class BCTPreTrainedModel(PreTrainedModel):
             slot_std = std * self.config.hidden_size**0.5
             init.normal_(module.init_keys, mean=0.0, std=slot_std)
             init.normal_(module.init_values, mean=0.0, std=slot_std)
-        elif isinstance(module, GatedSlotWrite):
-            eye = torch.eye(module.route.shape[-1], dtype=module.route.dtype, device=module.route.device)
-            init.copy_(module.route, eye.expand_as(module.route))
-            init.constant_(module.gate_bias, self.config.memory_gate_bias_init)
-            for weight in (module.gate_mem, module.gate_key, module.gate_value):
-                init.zeros_(weight)
-            init.ones_(module.gate_mass)
-        elif isinstance(module, FifoWrite):
-            init.zeros_(module.pool)
+            init.zeros_(module.read_bias)
+        elif isinstance(module, MemoryWrite):
+            module.init_weights(self.config)
+
+    def set_memory_writes(self, enabled: bool) -> None:
+        """Open or close every layer's memory writes. Closed, the memory keeps its initial slots: the same
+        weights with no memory of what left the window (the "writes closed" control)."""
+        for module in self.modules():
+            if isinstance(module, BCTMemory):
+                module.writes_open = enabled
 
     @classmethod
     def _supports_default_dynamic_cache(cls) -> bool:
@@ -107,14 +108,17 @@ class BCTModel(BCTPreTrainedModel):
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: BCTCache | None = None,
+        cache: BCTCache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
         output_memory_signals: bool = False,
         keep_last: int = 0,
+        past_key_values: BCTCache | None = None,
         **kwargs,
     ) -> BCTModelOutput:
-        """`keep_last > 0` keeps only the last hidden states of the call (generation of very long prompts)."""
+        """`keep_last > 0` keeps only the last hidden states of the call (generation of very long prompts).
+        The cache comes as `cache` (transformers >= 5.24) or `past_key_values` (earlier releases)."""
+        cache = take_cache(cache, past_key_values, kwargs)
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
         if inputs_embeds is None:
@@ -122,22 +126,17 @@ class BCTModel(BCTPreTrainedModel):
         use_cache = self.config.use_cache if use_cache is None else use_cache
         if self.gradient_checkpointing and self.training:
             use_cache = False
-        if past_key_values is not None and not isinstance(past_key_values, BCTCache):
-            raise TypeError(
-                f"BCT models need a BCTCache as past_key_values, got {type(past_key_values).__name__}. "
-                "Pass BCTCache(model.config) or nothing (the model creates one when use_cache=True)."
-            )
-        if use_cache and past_key_values is None:
-            past_key_values = BCTCache(self.config)
+        if use_cache and cache is None:
+            cache = BCTCache(self.config)
 
         batch, new, _ = inputs_embeds.shape
-        real = real_token_mask(attention_mask, batch, new, inputs_embeds.device, past_key_values is not None)
-        segment = self.config.prefill_segment_len if past_key_values is not None else new
+        real = real_token_mask(attention_mask, batch, new, inputs_embeds.device, cache is not None)
+        segment = self.config.prefill_segment_len if cache is not None else new
         hidden_parts, signal_parts = [], []
         for start in range(0, new, segment):
             stop = min(new, start + segment)
             hidden, signals = self._forward_segment(
-                inputs_embeds[:, start:stop], real[:, start:stop], past_key_values, output_memory_signals
+                inputs_embeds[:, start:stop], real[:, start:stop], cache, output_memory_signals
             )
             if keep_last <= 0 or stop > new - keep_last:
                 hidden_parts.append(hidden)
@@ -147,15 +146,15 @@ class BCTModel(BCTPreTrainedModel):
             hidden = hidden[:, -keep_last:]
         return BCTModelOutput(
             last_hidden_state=self.norm(hidden),
-            past_key_values=past_key_values if use_cache else None,
             memory_signals=_mean_signals(signal_parts) if output_memory_signals else None,
+            **{CACHE_ARG: cache if use_cache else None},
         )
 
     def _forward_segment(self, hidden, real, cache: BCTCache | None, want_signals: bool):
         plan = self._plan(hidden, real, cache)
         layer_signals = []
         for layer in self.layers:
-            hidden, signals = layer(hidden, plan, past_key_values=cache, want_signals=want_signals)
+            hidden, signals = layer(hidden, plan, cache=cache, want_signals=want_signals)
             layer_signals.append(signals)
         if cache is not None:
             cache.advance(hidden.shape[1], plan.seen, plan.ring_len)
@@ -208,19 +207,21 @@ class BCTForCausalLM(BCTPreTrainedModel, GenerationMixin):
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: BCTCache | None = None,
+        cache: BCTCache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         output_memory_signals: bool = False,
+        past_key_values: BCTCache | None = None,
         **kwargs,
     ) -> BCTCausalLMOutput:
+        cache = take_cache(cache, past_key_values, kwargs)
         keep_last = logits_to_keep if isinstance(logits_to_keep, int) and labels is None else 0
         outputs = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
-            past_key_values=past_key_values,
+            cache=cache,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             output_memory_signals=output_memory_signals,
@@ -240,6 +241,6 @@ class BCTForCausalLM(BCTPreTrainedModel, GenerationMixin):
         return BCTCausalLMOutput(
             loss=loss,
             logits=logits,
-            past_key_values=outputs.past_key_values,
             memory_signals=outputs.memory_signals,
+            **{CACHE_ARG: getattr(outputs, CACHE_ARG)},
         )

@@ -1,5 +1,7 @@
-"""Shared test settings: offline Hub, offline wandb, and `gpu` tests skipped (with a reason) without CUDA."""
+"""Shared test settings: offline Hub, offline wandb, `gpu` tests skipped (with a reason) without CUDA, and a
+test fails when transformers logs that it was handed an old cache name."""
 
+import logging
 import os
 
 import pytest
@@ -18,3 +20,27 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+class _OldCacheNames(logging.Handler):
+    """Records transformers' log line for `past_key_values`/`cache_params` used where `cache` is meant (it is a
+    log line, not a warning, so `filterwarnings` cannot catch it; it is logged once per process)."""
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.seen: list[str] = []
+
+    def emit(self, record):
+        if "Use `cache` instead" in record.getMessage():
+            self.seen.append(record.getMessage())
+
+
+_old_cache_names = _OldCacheNames()
+logging.getLogger("transformers").addHandler(_old_cache_names)
+
+
+@pytest.fixture(autouse=True)
+def _no_old_cache_names():
+    before = len(_old_cache_names.seen)
+    yield
+    assert len(_old_cache_names.seen) == before, f"transformers: {_old_cache_names.seen[-1]}"

@@ -3,7 +3,7 @@
 Groups (empty ones are dropped):
 - `decay`:        weight matrices and embeddings, weight decay `weight_decay`, base lr;
 - `no_decay`:     norms, biases and memory slots (`.memory.`), no weight decay, base lr;
-- `memory_write`: the memory write rule and gate (`.memory.write.`), no weight decay,
+- `memory_write`: the memory write rule, its gates and the slots' read bias, no weight decay,
                   lr × `memory_lr_multiplier` (a gate at the base rate barely moves, DESIGN.md §7).
 """
 
@@ -18,7 +18,7 @@ from training.config import OptimConfig
 
 
 def param_group_name(name: str, param: torch.Tensor) -> str:
-    if ".memory.write." in name:
+    if ".memory.write." in name or name.endswith(".memory.read_bias"):
         return "memory_write"
     if ".memory." in name or "norm" in name or name.endswith(".bias") or param.ndim < 2:
         return "no_decay"

@@ -31,6 +31,8 @@ from transformers import PreTrainedModel
 from transformers.cache_utils import Cache, DynamicLayer
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb, repeat_kv
 
+from modeling.cache import CACHE_ARG
+
 
 @dataclass
 class FastKVSettings:
@@ -154,7 +156,7 @@ def fastkv_prefill(
             hidden,
             attention_mask=None,
             position_ids=positions,
-            past_key_values=cache,
+            **{CACHE_ARG: cache},
             use_cache=True,
             position_embeddings=cos_sin,
         )

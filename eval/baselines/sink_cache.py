@@ -31,6 +31,8 @@ from transformers import PreTrainedModel
 from transformers.cache_utils import Cache, CacheLayerMixin
 from transformers.models.llama.modeling_llama import rotate_half
 
+from modeling.cache import CACHE_ARG
+
 DEFAULT_SINKS = 4  # StreamingLLM's choice: four initial tokens recover most of the sink effect
 
 
@@ -203,7 +205,7 @@ def forward_blocks(
             out = model(
                 ids,
                 attention_mask=None if plan is None else plan.mask,
-                past_key_values=cache,
+                **{CACHE_ARG: cache},
                 use_cache=True,
                 logits_to_keep=logits_to_keep,
             )

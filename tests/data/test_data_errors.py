@@ -91,6 +91,15 @@ def test_mix_fraction_outside_unit_interval(fraction):
         DataConfig(synthetic_fraction=fraction).validate()
 
 
+@pytest.mark.parametrize("weight", [-0.1, 1.5, "half"], ids=["negative", "above-one", "text"])
+def test_synthetic_loss_weight_outside_unit_interval(weight):
+    with pytest.raises(
+        ValueError, match=rf"data\.synthetic_loss_weight = {weight!r} .*a fraction in \[0, 1\].*or null"
+    ):
+        DataConfig(synthetic_fraction=0.5, synthetic_loss_weight=weight).validate()
+    DataConfig(synthetic_fraction=0.5, synthetic_loss_weight=0.5).validate()  # a fraction or null is fine
+
+
 @pytest.mark.parametrize("fraction", [-0.5, 1.0], ids=["negative", "everything"])
 def test_validation_fraction_outside_range(fraction):
     with pytest.raises(ValueError, match=rf"data\.validation_fraction = {fraction!r} .*\[0, 1\)"):

@@ -122,6 +122,7 @@ def test_synthetic_rows_replace_about_the_fraction(small_cfg):
     labels = torch.cat([b["labels"] for b in batches])  # (200, 256)
     synthetic = (labels == -100).any(dim=1)
     assert 0.15 < synthetic.float().mean() < 0.35
+    assert torch.equal(torch.cat([b["synthetic"] for b in batches]), synthetic)  # the loader marks them
     ids = torch.cat([b["input_ids"] for b in batches])
     passkey = [tokenizer.decode(row) for row in ids[synthetic] if "pass key" in tokenizer.decode(row)]
     assert passkey and len(passkey) < synthetic.sum()  # both tasks drawn

@@ -21,6 +21,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from eval.methods import LoadedModel
 from modeling import BCTConfig, BCTForCausalLM
+from modeling.cache import CACHE_ARG
 
 PROSE = (
     "the king and his court rode out at dawn across the river while a fool sang of gold and winter "
@@ -71,7 +72,6 @@ def tiny_bct(vocab_size: int, seed: int = 0, **overrides) -> BCTForCausalLM:
         for layer in model.model.layers:
             write = layer.self_attn.memory.write
             write.gate_bias.normal_(1.0, 0.5)
-            write.route.add_(torch.randn_like(write.route) * 0.1)
     return model
 
 
@@ -107,16 +107,21 @@ class CopyOracle(PreTrainedModel, GenerationMixin):
         self.unused = nn.Parameter(torch.zeros(1))
         self.post_init()
 
-    def forward(self, input_ids, past_key_values=None, use_cache=True, logits_to_keep=0, **kwargs):
+    def forward(
+        self, input_ids, cache=None, use_cache=True, logits_to_keep=0, past_key_values=None, **kwargs
+    ):
+        cache = (
+            cache if cache is not None else past_key_values
+        )  # the name depends on the transformers release
         ids = input_ids[:, None, :, None].float()  # (1, 1, n, 1)
-        history = ids if past_key_values is None else past_key_values.update(ids, ids, 0)[0]
+        history = ids if cache is None else cache.update(ids, ids, 0)[0]
         history = history[0, 0, :, 0].long()  # (K,) every token the cache shows, the new ones last
         new = input_ids.shape[1]
         predicted = torch.stack([self._next(history, len(history) - new + i) for i in range(new)])
         logits = torch.nn.functional.one_hot(predicted, self.config.vocab_size).float()[None] * 10.0
         if logits_to_keep:
             logits = logits[:, -logits_to_keep:]
-        return CausalLMOutputWithPast(logits=logits, past_key_values=past_key_values)
+        return CausalLMOutputWithPast(logits=logits, **{CACHE_ARG: cache})
 
     def _next(self, history: torch.Tensor, query: int) -> torch.Tensor:
         candidates = torch.arange(query)  # earlier positions j

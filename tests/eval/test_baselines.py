@@ -8,6 +8,7 @@ from transformers import DynamicCache
 from eval.baselines.sink_cache import SinkCache, forward_blocks
 from eval.baselines.sliding import sliding_window_cache, sliding_window_model
 from eval.methods import make_method
+from modeling.cache import CACHE_ARG
 
 from .conftest import tiny_llama
 
@@ -66,7 +67,7 @@ def test_sliding_window_sees_only_its_window(tokenizer):
     cache = sliding_window_cache(sliding)
     with torch.no_grad():
         streamed = torch.cat(
-            [sliding(ids[:, i : i + 16], past_key_values=cache).logits for i in range(0, ids.shape[1], 16)], 1
+            [sliding(ids[:, i : i + 16], **{CACHE_ARG: cache}).logits for i in range(0, ids.shape[1], 16)], 1
         )
         for t in range(BUDGET, ids.shape[1], 5):
             reference = model(ids[:, t - BUDGET + 1 : t + 1]).logits[:, -1]
@@ -79,8 +80,8 @@ def test_bounded_baselines_generate_like_full_attention_while_the_context_fits(l
     full = make_method(llama, "full", None)
     bounded = make_method(llama, key, BUDGET)
     settings = dict(max_new_tokens=BUDGET - 9, do_sample=False, pad_token_id=0)
-    expected = full.model.generate(prompt, past_key_values=full.new_cache(), **settings)
-    got = bounded.model.generate(prompt, past_key_values=bounded.new_cache(), **settings)
+    expected = full.model.generate(prompt, **{CACHE_ARG: full.new_cache()}, **settings)
+    got = bounded.model.generate(prompt, **{CACHE_ARG: bounded.new_cache()}, **settings)
     assert got.tolist() == expected.tolist()
     # Past the capacity they do differ from full attention (the test above is not vacuous).
     ids = torch.randint(0, 300, (1, 4 * BUDGET), generator=torch.Generator().manual_seed(5))
@@ -94,7 +95,7 @@ def test_sink_cache_refuses_an_overflowing_block_without_its_mask(llama):
     cache = SinkCache(llama.model, BUDGET)
     ids = torch.randint(0, 300, (1, BUDGET + 5))
     with pytest.raises(ValueError, match="forward_blocks"):
-        llama.model(ids, past_key_values=cache, use_cache=True)
+        llama.model(ids, **{CACHE_ARG: cache}, use_cache=True)
 
 
 def test_sliding_copy_has_the_same_weights_and_leaves_the_model_alone(llama):

@@ -9,6 +9,7 @@ import torch
 from eval.baselines.fastkv import FastKVCache, FastKVSettings, fastkv_prefill
 from eval.methods import make_method
 from eval.scoring import predict_answers
+from modeling.cache import CACHE_ARG
 
 from .conftest import tiny_llama
 
@@ -59,7 +60,7 @@ def test_no_compression_equals_full_attention(model, prompt):
     settings = FastKVSettings(budget=N + 8, tsp_rate=1.0, window=WINDOW, kernel=KERNEL)
     last = fastkv_prefill(model, prompt[:, :40], cache, settings)
     with torch.no_grad():
-        rest = model(prompt[:, 40:], past_key_values=cache).logits
+        rest = model(prompt[:, 40:], **{CACHE_ARG: cache}).logits
         full = model(prompt).logits
     torch.testing.assert_close(last[:, -1], full[:, 39], atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(rest, full[:, 40:], atol=1e-5, rtol=1e-4)

@@ -27,12 +27,10 @@ def tiny_model(seed: int = 0, **overrides) -> BCTForCausalLM:
     # Open the write gates and give the memory a real say, so a wrong write or read shows in the logits.
     with torch.no_grad():
         for layer in model.model.layers:
+            layer.self_attn.memory.read_bias.normal_(0.0, 1.0)  # a wrong read-bias path shows too
             write = layer.self_attn.memory.write
-            if hasattr(write, "gate_bias"):
-                write.gate_bias.normal_(0.0, 1.0)
-                write.gate_mem.normal_(0.0, 0.1)
-                write.gate_key.normal_(0.0, 0.1)
-                write.route.add_(torch.randn_like(write.route) * 0.1)
+            for param in write.parameters():
+                param.add_(torch.randn_like(param) * 0.5)
     return model
 
 

@@ -5,6 +5,7 @@ import torch
 from transformers import DynamicCache
 
 from modeling import BCTCache, BCTConfig, BCTForCausalLM
+from modeling.cache import CACHE_ARG
 
 from .conftest import TINY, tiny_model
 
@@ -42,10 +43,10 @@ def test_cache_bytes_constant_from_1k_to_100k_tokens():
     seen = 0
     for target in (1_024, 20_000, 100_003):
         ids = torch.randint(0, 64, (1, target - seen))
-        model(ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        model(ids, cache=cache, use_cache=True, logits_to_keep=1)
         seen = target
         sizes[target] = cache.nbytes()
-        model(torch.randint(0, 64, (1, 1)), past_key_values=cache, use_cache=True)  # one decode step too
+        model(torch.randint(0, 64, (1, 1)), cache=cache, use_cache=True)  # one decode step too
         seen += 1
     expected = formula_bytes(config, 1, 4)
     assert set(sizes.values()) == {expected} == {config.kv_cache_bytes()}
@@ -57,10 +58,10 @@ def test_cache_bytes_constant_from_1k_to_100k_tokens():
 def test_cache_tensors_never_grow():
     model = tiny_model()
     cache = BCTCache(model.config)
-    model(torch.randint(0, 101, (2, 5)), past_key_values=cache)
+    model(torch.randint(0, 101, (2, 5)), cache=cache)
     shapes = [tuple(t.shape) for layer in cache.layers for t in layer.tensors()]
     for _ in range(30):
-        model(torch.randint(0, 101, (2, 1)), past_key_values=cache)
+        model(torch.randint(0, 101, (2, 1)), cache=cache)
     assert [tuple(t.shape) for layer in cache.layers for t in layer.tensors()] == shapes
     assert cache.nbytes() == model.config.kv_cache_bytes(batch_size=2)
 
@@ -70,14 +71,14 @@ def test_reorder_and_select_rows():
     model = tiny_model()
     ids = torch.randint(0, 101, (3, 30))
     cache = BCTCache(model.config)
-    model(ids, past_key_values=cache)
+    model(ids, cache=cache)
     order = torch.tensor([2, 0, 0])
     cache.reorder_cache(order)
     step = torch.randint(0, 101, (3, 1))
-    reordered = model(step, past_key_values=cache).logits
+    reordered = model(step, cache=cache).logits
     fresh = BCTCache(model.config)
-    model(ids[order], past_key_values=fresh)
-    assert torch.allclose(reordered, model(step, past_key_values=fresh).logits, atol=1e-6)
+    model(ids[order], cache=fresh)
+    assert torch.allclose(reordered, model(step, cache=fresh).logits, atol=1e-6)
     cache.batch_select_indices(torch.tensor([1]))
     assert cache.seen.shape == (1,) and cache.layers[0].keys.shape[0] == 1
 
@@ -88,4 +89,26 @@ def test_cache_refuses_rollback_and_foreign_caches():
     with pytest.raises(ValueError, match="cannot be cropped"):
         cache.crop(3)
     with pytest.raises(TypeError, match="BCTCache"):
-        model(torch.randint(0, 101, (1, 4)), past_key_values=DynamicCache(config=model.config))
+        model(torch.randint(0, 101, (1, 4)), cache=DynamicCache(config=model.config))
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("name", ["cache", "past_key_values"])
+def test_the_cache_is_read_under_either_name(name):
+    model, ids = tiny_model(), torch.randint(0, 101, (1, 30))
+    cache = BCTCache(model.config)
+    model(ids[:, :-1], **{name: cache})
+    assert cache.get_seq_length() == 29
+    assert torch.allclose(
+        model(ids[:, -1:], **{name: cache}).logits[:, -1], model(ids).logits[:, -1], atol=1e-5
+    )
+
+
+@torch.no_grad()
+def test_a_cache_under_a_name_the_model_does_not_read_is_an_error():
+    model, ids = tiny_model(), torch.randint(0, 101, (1, 6))
+    cache = model(ids, use_cache=True)[CACHE_ARG]
+    with pytest.raises(TypeError, match="cache_params=, a name it does not read"):
+        model(ids[:, -1:], cache_params=cache)
+    with pytest.raises(ValueError, match="not under both names"):
+        model(ids[:, -1:], cache=cache, past_key_values=cache)

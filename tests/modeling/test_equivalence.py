@@ -17,7 +17,7 @@ def prefill_in_segments(model, ids, segment, mask=None):
     for start in range(0, ids.shape[1], segment):
         stop = start + segment
         kwargs = {} if mask is None else {"attention_mask": mask[:, :stop]}
-        logits.append(model(ids[:, start:stop], past_key_values=cache, use_cache=True, **kwargs).logits)
+        logits.append(model(ids[:, start:stop], cache=cache, use_cache=True, **kwargs).logits)
     return torch.cat(logits, dim=1), cache
 
 
@@ -41,7 +41,7 @@ def test_long_prompt_runs_segment_by_segment():
     model = tiny_model(prefill_segment_len=24)
     ids = torch.randint(0, TINY["vocab_size"], (1, LENGTH))
     parallel = model(ids, use_cache=False).logits
-    cached = model(ids, past_key_values=BCTCache(model.config), use_cache=True).logits
+    cached = model(ids, cache=BCTCache(model.config), use_cache=True).logits
     assert (cached - parallel).abs().max() <= TOL
 
 
@@ -80,12 +80,12 @@ def test_decoding_after_padded_prefill_matches_rows_alone():
     prompts = [torch.randint(1, TINY["vocab_size"], (n,)) for n in (37, 50, 23)]
     ids, mask = left_pad(prompts)
     cache = BCTCache(model.config)
-    model(ids, attention_mask=mask, past_key_values=cache, use_cache=True)
+    model(ids, attention_mask=mask, cache=cache, use_cache=True)
     continuation = torch.randint(1, TINY["vocab_size"], (3, 3 * TINY["window"]))
     steps = []
     for t in range(continuation.shape[1]):
         mask = torch.cat((mask, torch.ones(3, 1, dtype=torch.long)), dim=1)
-        steps.append(model(continuation[:, t : t + 1], attention_mask=mask, past_key_values=cache).logits)
+        steps.append(model(continuation[:, t : t + 1], attention_mask=mask, cache=cache).logits)
     decoded = torch.cat(steps, dim=1)
     for row, prompt in enumerate(prompts):
         alone = model(torch.cat((prompt, continuation[row]))[None], use_cache=False).logits[0, len(prompt) :]
@@ -98,7 +98,7 @@ def test_padding_after_real_tokens_is_refused_with_a_cache():
     ids = torch.randint(1, TINY["vocab_size"], (1, 6))
     mask = torch.tensor([[1, 1, 1, 0, 0, 0]])
     with pytest.raises(ValueError, match="left padding"):
-        model(ids, attention_mask=mask, past_key_values=BCTCache(model.config), use_cache=True)
+        model(ids, attention_mask=mask, cache=BCTCache(model.config), use_cache=True)
 
 
 @torch.no_grad()
@@ -107,8 +107,7 @@ def test_memory_changes_the_output():
     model = tiny_model()
     ids = torch.randint(0, TINY["vocab_size"], (1, LENGTH))
     with_writes = model(ids, use_cache=False).logits
-    for layer in model.model.layers:
-        layer.self_attn.memory.write.gate_bias.fill_(-1e4)
+    model.set_memory_writes(False)
     closed = model(ids, use_cache=False).logits
     window_end = TINY["window"] + TINY["chunk_size"]
     assert torch.equal(with_writes[:, :window_end], closed[:, :window_end])  # no write happened yet there

@@ -12,6 +12,7 @@ import torch
 
 from .conftest import TINY, tiny_model
 from .test_equivalence import left_pad
+from .test_generate import argmax_loop
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -62,7 +63,7 @@ def test_export_loads_in_fresh_process_and_generates(tmp_path):
     with torch.no_grad():
         diff = (torch.tensor(out["logits"]) - model(ids, use_cache=False).logits).abs().max()
         assert diff == 0, diff
-        assert out["greedy"] == model.generate(ids, max_new_tokens=12, do_sample=False).tolist()
+        assert out["greedy"] == argmax_loop(model, ids, 12).tolist()
         assert out["beam"] == model.generate(ids, max_new_tokens=12, num_beams=3, do_sample=False).tolist()
         expected_batch = model.generate(batch, attention_mask=mask, max_new_tokens=12, do_sample=False)
     assert out["batch"] == expected_batch.tolist()

@@ -20,24 +20,31 @@ def prompt():
     return torch.randint(1, TINY["vocab_size"], (1, 3 * TINY["window"] + 1))
 
 
+def argmax_loop(model, sequence: torch.Tensor, steps: int) -> torch.Tensor:
+    """Greedy decoding the obvious way: the argmax of an uncached forward over the whole sequence, each step."""
+    for _ in range(steps):
+        step = model(sequence, use_cache=False).logits[:, -1].argmax(-1, keepdim=True)
+        sequence = torch.cat((sequence, step), dim=1)
+    return sequence
+
+
 @torch.no_grad()
 def test_greedy_equals_uncached_argmax_loop(model, prompt):
     generated = model.generate(prompt, max_new_tokens=NEW, do_sample=False)
-    sequence = prompt
-    for _ in range(NEW):
-        step = model(sequence, use_cache=False).logits[:, -1].argmax(-1, keepdim=True)
-        sequence = torch.cat((sequence, step), dim=1)
-    assert torch.equal(generated, sequence)
+    assert torch.equal(generated, argmax_loop(model, prompt, NEW))
 
 
 @torch.no_grad()
-def test_sampling_is_seeded_and_varies(model, prompt):
-    def sample(seed):
+def test_sampling_is_seeded_varies_and_equals_uncached_sampling(model, prompt):
+    def sample(seed, use_cache=True):
         torch.manual_seed(seed)
-        return model.generate(prompt, max_new_tokens=NEW, do_sample=True, top_k=20, temperature=1.0)
+        return model.generate(
+            prompt, max_new_tokens=NEW, do_sample=True, top_k=20, temperature=1.0, use_cache=use_cache
+        )
 
     assert torch.equal(sample(0), sample(0))
     assert not torch.equal(sample(0), sample(1))
+    assert torch.equal(sample(1), sample(1, use_cache=False))
 
 
 @torch.no_grad()
@@ -60,6 +67,8 @@ def test_left_padded_batch_generates_each_row_as_alone(model):
     prompts = [torch.randint(1, TINY["vocab_size"], (n,)) for n in (13, 30, 7)]
     ids, mask = left_pad(prompts)
     batch = model.generate(ids, attention_mask=mask, max_new_tokens=NEW, do_sample=False)
+    uncached = model.generate(ids, attention_mask=mask, max_new_tokens=NEW, do_sample=False, use_cache=False)
+    assert torch.equal(batch, uncached)
     for row, prompt in enumerate(prompts):
         alone = model.generate(prompt[None], max_new_tokens=NEW, do_sample=False)
         assert torch.equal(batch[row, ids.shape[1] :], alone[0, len(prompt) :]), f"row {row}"

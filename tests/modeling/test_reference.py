@@ -36,7 +36,7 @@ def reference_layer(model, hidden):
     return attn.o_proj(out.transpose(1, 2).reshape(batch, length, -1)), mem_k, mem_v
 
 
-@pytest.mark.parametrize("rule", ["gated", "fifo"])
+@pytest.mark.parametrize("rule", ["gated", "delta", "retain", "fifo"])
 @pytest.mark.parametrize("segment", [None, 1, 5], ids=["parallel", "step", "segments5"])
 def test_fast_path_matches_reference_outputs_and_memory(rule, segment):
     model = tiny_model(memory_write_rule=rule)
@@ -51,7 +51,7 @@ def test_fast_path_matches_reference_outputs_and_memory(rule, segment):
     assert (mem_k - model.model.layers[0].self_attn.memory.init_keys).abs().max() > 1e-2
 
 
-@pytest.mark.parametrize("rule", ["gated", "fifo"])
+@pytest.mark.parametrize("rule", ["gated", "delta", "retain", "fifo"])
 def test_fast_path_matches_reference_gradients(rule):
     model = tiny_model(memory_write_rule=rule)
     attn = model.model.layers[0].self_attn
@@ -79,19 +79,16 @@ def test_fast_path_matches_reference_gradients(rule):
     assert (fast_input - ref_input).abs().max() <= 1e-4
 
 
-def test_fused_gated_scan_matches_autograd_steps():
-    """GatedScan's hand-written backward against autograd through the one-step rule (float64)."""
-    from modeling.memory import GatedSlotWrite, MemoryWrite
+@pytest.mark.parametrize("rule", ["gated", "delta", "retain"])
+def test_rule_scan_matches_its_one_step_loop(rule):
+    """A rule's batched `scan` against the interface's plain loop over its one-step rule (float64)."""
+    from modeling.memory import MemoryWrite
 
-    torch.manual_seed(0)
-    write = GatedSlotWrite(num_kv_heads=2, slots=5, head_dim=8, gate_bias_init=0.0).double()
-    with torch.no_grad():
-        for param in write.parameters():
-            param.add_(torch.randn_like(param) * 0.3)
-    mem = torch.randn(3, 2, 5, 16, dtype=torch.float64, requires_grad=True)
-    k = torch.randn(3, 2, 4 * 6, 8, dtype=torch.float64, requires_grad=True)
-    v = torch.randn(3, 2, 4 * 6, 8, dtype=torch.float64, requires_grad=True)
-    weights = torch.randn(3, 2, 5, 5, 16, dtype=torch.float64)
+    write = tiny_model(memory_write_rule=rule).model.layers[0].self_attn.memory.write.double()
+    mem = torch.randn(3, 2, TINY["memory_slots"], 32, dtype=torch.float64, requires_grad=True)
+    k = torch.randn(3, 2, 4 * 6, 16, dtype=torch.float64, requires_grad=True)
+    v = torch.randn(3, 2, 4 * 6, 16, dtype=torch.float64, requires_grad=True)
+    weights = torch.randn(3, 2, 5, TINY["memory_slots"], 32, dtype=torch.float64)
 
     def run(scan):
         features = write.token_features(k, v).reshape(3, 2, 4, 6, -1)
@@ -99,12 +96,13 @@ def test_fused_gated_scan_matches_autograd_steps():
         for tensor in (mem, k, v, *write.parameters()):
             tensor.grad = None
         (states * weights).sum().backward()
-        return states.detach(), gates, [t.grad.clone() for t in (mem, k, v, *write.parameters())]
+        grads = [t.grad for t in (mem, k, v, *write.parameters())]
+        return states.detach(), gates, [torch.zeros(()) if g is None else g.clone() for g in grads]
 
-    fused = run(GatedSlotWrite.scan)
-    stepped = run(MemoryWrite.scan)  # the interface's plain loop over the autograd one-step rule
-    assert torch.allclose(fused[0], stepped[0], atol=1e-12)
-    assert torch.allclose(fused[1], stepped[1], atol=1e-12)
+    batched = run(type(write).scan)
+    stepped = run(MemoryWrite.scan)
+    assert torch.allclose(batched[0], stepped[0], atol=1e-12)
+    assert torch.allclose(batched[1], stepped[1], atol=1e-12)
     names = ["mem", "k", "v"] + [name for name, _ in write.named_parameters()]
-    for name, a, b in zip(names, fused[2], stepped[2]):
+    for name, a, b in zip(names, batched[2], stepped[2]):
         assert torch.allclose(a, b, atol=1e-10), name

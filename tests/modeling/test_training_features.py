@@ -2,6 +2,8 @@
 
 import torch
 
+from modeling.cache import CACHE_ARG
+
 from .conftest import TINY, tiny_model
 
 
@@ -35,8 +37,10 @@ def test_memory_signals_are_reported():
 def test_memory_parameters_are_named_for_optimizer_groups():
     names = [name for name, _ in tiny_model().named_parameters() if ".memory." in name]
     assert any(name.endswith("memory.init_keys") for name in names)
-    assert all(".memory.write." in name for name in names if "init_" not in name)
-    assert len(names) == TINY["num_hidden_layers"] * (2 + 6)  # init keys/values + 6 gated-write tensors
+    assert all(".memory.write." in name for name in names if "init_" not in name and "read_bias" not in name)
+    assert len(names) == TINY["num_hidden_layers"] * (
+        3 + 5
+    )  # init keys/values, read bias + 5 gated-write tensors
 
 
 @torch.no_grad()
@@ -47,8 +51,8 @@ def test_decode_step_with_signals_matches_the_fused_read():
     prompt, last = ids[:, :-1], ids[:, -1:]
 
     def step(signals):
-        cache = model(prompt, use_cache=True).past_key_values
-        return model(last, past_key_values=cache, use_cache=True, output_memory_signals=signals)
+        cache = model(prompt, use_cache=True)[CACHE_ARG]
+        return model(last, cache=cache, use_cache=True, output_memory_signals=signals)
 
     fused, explicit = step(False), step(True)
     assert (fused.logits - explicit.logits).abs().max() < 1e-5

@@ -37,7 +37,9 @@ def test_continue_from_tiny_llama_checkpoint(tiny_llama_dir, data_cache, tmp_pat
         source["model.layers.1.mlp.down_proj.weight"], converted["model.layers.1.mlp.down_proj.weight"]
     )
     assert any(".memory." in k for k in converted) and not any(".memory." in k for k in source)
-    loss = losses(read_metrics(out / "metrics.jsonl"))
+    metrics = read_metrics(out / "metrics.jsonl")
+    assert metrics[0]["step"] == 0 and "val/ppl" in metrics[0]  # the converted model, before any update
+    loss = losses(metrics)
     assert sorted(loss) == list(range(1, 9)) and all(torch.isfinite(torch.tensor(v)) for v in loss.values())
     assert (out / "step_8" / "trainer_state.json").is_file()
     assert (out / "export" / "model.safetensors").is_file() and (out / "export" / "tokenizer.json").is_file()

@@ -24,7 +24,9 @@ def test_param_groups():
     assert (groups["decay"]["weight_decay"], groups["decay"]["lr"]) == (0.1, 1e-3)
     assert (groups["no_decay"]["weight_decay"], groups["no_decay"]["lr"]) == (0.0, 1e-3)
     assert (groups["memory_write"]["weight_decay"], groups["memory_write"]["lr"]) == (0.0, 1e-2)
-    assert by_group["memory_write"] and all(".memory.write." in n for n in by_group["memory_write"])
+    assert by_group["memory_write"] and all(
+        ".memory.write." in n or n.endswith(".memory.read_bias") for n in by_group["memory_write"]
+    )
     assert "model.layers.0.self_attn.memory.init_keys" in by_group["no_decay"]
     assert (
         "model.norm.weight" in by_group["no_decay"]

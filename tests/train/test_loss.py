@@ -1,0 +1,81 @@
+"""`data.synthetic_loss_weight`: the synthetic answers' share of the loss (training/loss.py, train.forward_loss)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from modeling import BCTConfig, BCTForCausalLM
+from train import forward_loss
+from training.loss import synthetic_weighted_loss
+
+
+def mixed_batch(vocab: int = 11, seq_len: int = 9) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Rows 0 and 2 text (every token labelled), row 1 synthetic (two answers labelled)."""
+    torch.manual_seed(0)
+    ids = torch.randint(0, vocab, (3, seq_len))
+    labels = ids.clone()
+    labels[1] = -100
+    labels[1, [4, 8]] = ids[1, [4, 8]]
+    return ids, labels, torch.tensor([False, True, False])
+
+
+def token_losses(logits, labels, rows) -> torch.Tensor:
+    """Cross-entropy of each labelled next token in `rows`, one by one."""
+    out = []
+    for r in rows:
+        for t in range(1, labels.shape[1]):
+            if labels[r, t] != -100:
+                out.append(F.cross_entropy(logits[r, t - 1][None], labels[r, t][None]))
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("weight", [0.0, 0.3, 1.0], ids=["w0", "w0.3", "w1"])
+def test_weight_is_the_answers_share(weight):
+    ids, labels, synthetic = mixed_batch()
+    logits = torch.randn(3, ids.shape[1], 11)
+    expected = (
+        weight * token_losses(logits, labels, [1]).mean()
+        + (1 - weight) * token_losses(logits, labels, [0, 2]).mean()
+    )
+    assert torch.allclose(synthetic_weighted_loss(logits, labels, synthetic, weight), expected, atol=1e-6)
+
+
+def test_token_share_weight_is_todays_plain_mean():
+    ids, labels, synthetic = mixed_batch()
+    logits = torch.randn(3, ids.shape[1], 11)
+    plain = F.cross_entropy(logits[:, :-1].reshape(-1, 11), labels[:, 1:].reshape(-1), ignore_index=-100)
+    share = 2 / (2 + 2 * 8)  # 2 answers among 18 labelled next tokens
+    assert torch.allclose(synthetic_weighted_loss(logits, labels, synthetic, share), plain, atol=1e-6)
+
+
+def test_a_kind_the_batch_lacks_contributes_nothing():
+    ids, labels, _ = mixed_batch()
+    logits = torch.randn(3, ids.shape[1], 11)
+    text = token_losses(logits, labels, [0, 1, 2]).mean()  # as if every row were text
+    assert torch.allclose(synthetic_weighted_loss(logits, labels, None, 0.25), 0.75 * text, atol=1e-6)
+
+
+def test_forward_loss_keeps_the_model_loss_without_a_weight():
+    torch.manual_seed(0)
+    model = BCTForCausalLM(
+        BCTConfig(
+            vocab_size=11,
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            memory_slots=2,
+            window=4,
+            chunk_size=4,
+        )
+    )
+    ids, labels, synthetic = mixed_batch()
+    batch = {"input_ids": ids, "labels": labels}
+    output, loss = forward_loss(model, batch, synthetic, None, False)
+    assert torch.equal(loss, model(**batch).loss)
+    output, loss = forward_loss(model, batch, synthetic, 0.5, False)
+    assert torch.allclose(loss, synthetic_weighted_loss(output.logits, labels, synthetic, 0.5))
+    loss.backward()  # a training loss: gradients reach the weights
+    assert model.lm_head.weight.grad is not None

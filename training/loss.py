@@ -1,0 +1,35 @@
+"""The training loss when synthetic answers get their own share of it (`data.synthetic_loss_weight`).
+
+A mixed batch holds text rows (every token labelled) and synthetic rows (only their ~10-20 answers
+labelled). Averaged together, the answers are ~2% of the gradient (DESIGN.md §8). With a weight `w` the
+loss is `w · mean(synthetic answers) + (1 - w) · mean(text tokens)`; a kind the batch lacks contributes 0,
+so the shares hold on average whatever the batch size (one row per micro-batch included).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+IGNORE_INDEX = -100
+
+
+def synthetic_weighted_loss(
+    logits: torch.Tensor, labels: torch.Tensor, synthetic: torch.Tensor | None, weight: float
+) -> torch.Tensor:
+    """logits (B, T, V), labels (B, T) unshifted (HF convention), synthetic (B,) bool rows or None (no
+    synthetic rows) -> the scalar loss above. Next-token cross-entropy in float32, as the model's own loss."""
+    targets = labels[:, 1:]  # (B, T-1): position t predicts token t + 1
+    per_token = F.cross_entropy(
+        logits[:, :-1].float().transpose(1, 2), targets, ignore_index=IGNORE_INDEX, reduction="none"
+    )  # (B, T-1)
+    labelled = targets != IGNORE_INDEX
+    if synthetic is None:
+        synthetic = torch.zeros(len(labels), dtype=torch.bool, device=labels.device)
+    rows = synthetic.to(labels.device)[:, None]  # (B, 1)
+    answers, text = labelled & rows, labelled & ~rows
+
+    def mean(mask: torch.Tensor) -> torch.Tensor:
+        return (per_token * mask).sum() / mask.sum().clamp_min(1)
+
+    return weight * mean(answers) + (1 - weight) * mean(text)
