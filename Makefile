@@ -69,7 +69,7 @@ smoke: setup
 bench: setup
 	$(PY) -m eval bench-all --out bench-results
 
-# Recall past the window (DESIGN.md §8): small models on the recall curriculum, every write rule + controls,
+# Recall past the window (docs/design.md §8): small models on the recall curriculum, every write rule + controls,
 # 2 seeds, scored by distance with writes open and closed; < 90 min on 2 CPU cores, minutes on a GPU.
 RECALL_ARGS ?=
 recall: setup

@@ -1,7 +1,7 @@
 """Train a Bounded-Cache Transformer with Accelerate, on one CPU, one GPU, DDP or DeepSpeed ZeRO.
 
     accelerate launch train.py --config configs/debug.yaml max_steps=20 output_dir=runs/try model.window=64
-    python train.py export --checkpoint runs/try/step_20 --out runs/try/export
+    python train.py export runs/try --push-to-hub user/my-bct
 
 config -> accelerator -> model + tokenizer -> data -> optimizer/schedule -> prepare -> resume -> steps
 (log, eval, save, preemption) -> final eval + checkpoint -> sample + export (+ Hub upload).
@@ -23,14 +23,16 @@ from tqdm.auto import tqdm
 
 from data import build_train_loader, build_validation_batches, prepare_corpus
 from training.checkpoint import find_resume_checkpoint, load_checkpoint, remove_partial, save_checkpoint
-from training.config import ConfigError, RunConfig, load_run_config, save_run_config
-from training.export import export_checkpoint, export_from_accelerator, generate_sample, upload
+from training.config import ConfigError, RunConfig, load_run_config, sample_settings, save_run_config
+from training.export import export_from_accelerator, generate_sample
+from training.hub import close_run_uploads, export_and_push, push_save, run_uploader
 from training.loss import synthetic_weighted_loss
 from training.model import build_model_and_tokenizer
 from training.optim import build_optimizer, build_scheduler
+from training.plots import plot_metrics
 from training.preemption import StopRequest
 from training.schema import to_dict
-from training.tracking import MetricsFile, init_trackers
+from training.tracking import MetricsFile, init_trackers, read_metrics
 
 
 def build_accelerator(cfg: RunConfig) -> Accelerator:
@@ -40,7 +42,7 @@ def build_accelerator(cfg: RunConfig) -> Accelerator:
     # DDP: parameters may sit out a step (e.g. memory writes when a sequence fits in the window).
     handlers = [DistributedDataParallelKwargs(find_unused_parameters=True)]
     if not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        # DeepSpeed on CPU counts processes right only with gloo (RECIPES.md); a lone process needs no group.
+        # DeepSpeed on CPU counts processes right only with gloo (docs/training.md, launch pitfalls); a lone process needs no group.
         handlers.append(InitProcessGroupKwargs(backend="gloo"))
     out = Path(cfg.output_dir)
     return Accelerator(
@@ -91,6 +93,8 @@ def forward_loss(
 
 
 def train(cfg: RunConfig) -> int:
+    if cfg.train.cpu_threads is not None:
+        torch.set_num_threads(cfg.train.cpu_threads)
     accelerator = build_accelerator(cfg)
     if accelerator.distributed_type == DistributedType.NO and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise RuntimeError(
@@ -146,6 +150,7 @@ def train(cfg: RunConfig) -> int:
         log_eval(accelerator, model, val_batches, metrics_file, 0)
 
     stop = StopRequest()
+    hub = run_uploader(cfg, accelerator.is_main_process)  # None without push_to_hub
     batches = iter(loader)
     tokens_per_step = (
         cfg.train.micro_batch_size * cfg.data.seq_len * cfg.train.grad_accum * accelerator.num_processes
@@ -204,8 +209,10 @@ def train(cfg: RunConfig) -> int:
             busy, busy_steps = 0.0, 0
         if cfg.train.eval_every and step % cfg.train.eval_every == 0 and step < cfg.max_steps:
             metrics.update(log_eval(accelerator, model, val_batches, metrics_file, step))
-        if cfg.train.save_every and step % cfg.train.save_every == 0:
-            save_checkpoint(accelerator, cfg, step, model, loader, tokenizer, metrics)
+        # The last step is saved after the final eval, so that its checkpoint (and card) holds val/*.
+        if cfg.train.save_every and step % cfg.train.save_every == 0 and step < cfg.max_steps:
+            saved = save_checkpoint(accelerator, cfg, step, model, loader, tokenizer, metrics)
+            push_save(accelerator, hub, cfg, saved, model, tokenizer, metrics, step)  # hub.strategy
             last_saved = step
         if stop.agreed(accelerator):  # preemption: every rank saves this step and leaves
             if last_saved != step:
@@ -214,13 +221,15 @@ def train(cfg: RunConfig) -> int:
             accelerator.print(
                 f"\nstopped by a signal at step {step}; saved {out / f'step_{step}'}; rerun to resume"
             )
+            close_run_uploads(hub, cfg)
             return 0
     progress.close()
 
     val = log_eval(accelerator, model, val_batches, metrics_file, step)
     metrics.update(val)
     if last_saved != step:
-        save_checkpoint(accelerator, cfg, step, model, loader, tokenizer, metrics)
+        saved = save_checkpoint(accelerator, cfg, step, model, loader, tokenizer, metrics)
+        push_save(accelerator, hub, cfg, saved, model, tokenizer, metrics, step)
     # Every rank generates (under ZeRO-3 each forward gathers the shards collectively).
     sample = generate_sample(
         accelerator.unwrap_model(model),
@@ -228,11 +237,15 @@ def train(cfg: RunConfig) -> int:
         cfg.export.sample_prompt,
         cfg.export.max_new_tokens,
         cfg.seed,
+        **sample_settings(to_dict(cfg.export)),
     )
     export_dir = export_from_accelerator(
-        accelerator, model, tokenizer, out / "export", to_dict(cfg), metrics, sample
+        accelerator, model, tokenizer, out / "export", to_dict(cfg), metrics, sample, step
     )
     accelerator.end_training()
+    plot = out / "metrics.png"  # the run's curves, also for runs with no tracker
+    if accelerator.is_main_process:
+        plot_metrics(read_metrics(out / "metrics.jsonl"), plot, title=out.name)
 
     config = accelerator.unwrap_model(model).config
     accelerator.print(
@@ -245,7 +258,11 @@ def train(cfg: RunConfig) -> int:
     if sample is not None:
         accelerator.print(f"sample: {sample!r}")
     accelerator.print(f"export: {export_dir}")
-    return upload(export_dir, cfg.push_to_hub, accelerator.is_main_process) if cfg.push_to_hub else 0
+    accelerator.print(f"curves: {plot}")
+    if hub is not None:
+        hub.submit("final export", export_dir, "End of training")
+    close_run_uploads(hub, cfg)  # waits; failed uploads are a warning, not a failed run
+    return 0
 
 
 def log_eval(
@@ -265,14 +282,20 @@ def log_eval(
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["export"]:
-        parser = argparse.ArgumentParser(prog="train.py export", description="Export a step_N checkpoint.")
-        parser.add_argument("--checkpoint", required=True, help="a step_N folder written by train.py")
-        parser.add_argument("--out", required=True, help="folder to write the Hub-ready export into")
+        parser = argparse.ArgumentParser(
+            prog="train.py export", description="Export a run's newest checkpoint (or a step_N) and push it."
+        )
+        parser.add_argument("run", nargs="?", help="a run's output_dir (its newest checkpoint) or a step_N")
+        parser.add_argument("--checkpoint", help="a step_N folder written by train.py (instead of RUN)")
+        parser.add_argument("--out", help="export folder; default RUN/export (RUN/export-step_N if older)")
         parser.add_argument("--push-to-hub", default=None, metavar="REPO_ID")
+        parser.add_argument("--private", action="store_true", help="create the Hub repo private")
+        parser.add_argument("--revision", default=None, metavar="BRANCH", help="branch to push to")
         args = parser.parse_args(argv[1:])
-        export_dir = export_checkpoint(args.checkpoint, args.out)
-        print(f"export: {export_dir}")
-        return upload(export_dir, args.push_to_hub) if args.push_to_hub else 0
+        if (args.run is None) == (args.checkpoint is None):
+            parser.error("give either a RUN folder or --checkpoint")
+        source = args.checkpoint or args.run
+        return export_and_push(source, args.out, args.push_to_hub, args.private, args.revision)
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )

@@ -49,6 +49,9 @@ class DataConfig:
     shuffle_buffer: int = 1024  # streaming only: documents held by the shuffle buffer
     max_documents: int | None = None  # cap for quick runs: the first N documents in source order
     max_chars: int | None = None  # cap for quick runs: documents until this many characters are reached
+    # A source that is one text file is cut into documents of about this many characters (at blank lines),
+    # so that the split by document can hold some out; null keeps the file one document.
+    piece_chars: int | None = 8192
     validation_fraction: float = 0.02
     streaming_validation_sequences: int = 64  # streaming only: validation rows packed from the stream
     seq_len: int = 512
@@ -80,6 +83,10 @@ class DataConfig:
             value = getattr(self, name)
             if value is not None and (not _is_int(value) or value < 1):
                 raise invalid(name, value, "a positive integer or null (no cap)")
+        if self.piece_chars is not None and (not _is_int(self.piece_chars) or self.piece_chars < 1):
+            raise invalid(
+                "piece_chars", self.piece_chars, "a positive integer or null (a text file is one document)"
+            )
         for name in ("shuffle_buffer", "streaming_validation_sequences", "tokenizer_sample_chars"):
             if not _is_int(getattr(self, name)) or getattr(self, name) < 1:
                 raise invalid(name, getattr(self, name), "a positive integer")

@@ -131,7 +131,9 @@ def _build(
             "validation_fraction",
             cfg.validation_fraction,
             f"0 for this corpus: its {len(hashes)} document(s) would all go to validation (the split is by "
-            "document; give more documents, e.g. a folder or a .jsonl, to validate on some)",
+            "document; give more documents, e.g. a folder or a .jsonl, to validate on some; a single text "
+            f"file is cut into pieces of data.piece_chars = {cfg.piece_chars} characters: lower it for a "
+            "short file)",
         )
     if len(packed["train"]) == 0:
         raise invalid(

@@ -1,5 +1,5 @@
 """Recall tasks whose distances are set exactly, on a small synthetic vocabulary, and a curriculum over their
-number of pairs (DESIGN.md §8: answer-only loss, many examples, pairs growing with accuracy).
+number of pairs (docs/design.md §8: answer-only loss, many examples, pairs growing with accuracy).
 
 Every example is a dict of int64 tensors, as in `data.synthetic`: `input_ids` (T,), `labels` (T,) equal to
 `input_ids` at the answers and -100 elsewhere (answer-only loss), `answer_positions` (n,) and `distances`
@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from data.synthetic import IGNORE_INDEX, Example
+from data.synthetic import Example, answer_example
 
 RECALL_TASKS = ("kv", "passkey")
 NEEDLE, QUESTION = 1, 2  # passkey markers; 0 and 3 are reserved
@@ -154,7 +154,7 @@ def make_kv_example(
     ids = rng.integers(ranges["filler"].start, ranges["filler"].stop, size=seq_len)
     ids[key_at], ids[key_at + 1] = keys, values
     ids[queries], ids[queries + 1] = keys, values
-    return _example(ids, queries + 1, distances)
+    return answer_example(ids, queries + 1, distances=distances)
 
 
 def make_passkey_example(
@@ -177,7 +177,7 @@ def make_passkey_example(
     ids[needle], ids[question] = NEEDLE, QUESTION
     ids[needle + 1 : needle + 1 + key_len] = key
     ids[question + 1 :] = key
-    return _example(ids, question + 1 + np.arange(key_len), np.full(key_len, distance))
+    return answer_example(ids, question + 1 + np.arange(key_len), distances=np.full(key_len, distance))
 
 
 def sample_passkey_distance(
@@ -225,18 +225,6 @@ def make_recall_batch(
     batch = {name: torch.stack([row[name] for row in rows]) for name in rows[0]}
     batch["tasks"] = torch.from_numpy(picks.astype(np.int64))
     return batch
-
-
-def _example(ids: np.ndarray, answer_positions: np.ndarray, distances: np.ndarray) -> Example:
-    ids = ids.astype(np.int64)
-    labels = np.full_like(ids, IGNORE_INDEX)
-    labels[answer_positions] = ids[answer_positions]
-    return {
-        "input_ids": torch.from_numpy(ids),
-        "labels": torch.from_numpy(labels),
-        "answer_positions": torch.from_numpy(answer_positions.astype(np.int64)),
-        "distances": torch.from_numpy(distances.astype(np.int64)),
-    }
 
 
 @dataclass

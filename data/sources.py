@@ -12,7 +12,9 @@ iterating.
 - a path: a `.txt` file is one document; a `.jsonl` file is one document per line (`text_field` of each
   JSON object); a `.parquet` file is one document per row (`text_field` column). A directory is read
   recursively for those three suffixes; a glob may match any files (those not `.jsonl`/`.parquet` are read
-  as text).
+  as text). A source that is a single text file is cut into pieces of about `piece_chars` characters at
+  blank lines (`text_pieces`), one document each: a split by document needs more than one. Packing puts an
+  eos after each piece, as after any document.
 - ``hf:<name>``: `datasets.load_dataset(name, hf_config, split=hf_split, data_files=hf_data_files,
   streaming=streaming)`; when `<name>` is a local folder written by `save_to_disk`, `datasets.load_from_disk`
   (a `DatasetDict` folder is indexed with `hf_split`).
@@ -91,9 +93,13 @@ def open_source(cfg: DataConfig) -> Source:
         else:
             files = _local_files(cfg.source)
             readers = [_file_reader(path, cfg.text_field) for path in files]
+        extra = [cfg.source, cfg.text_field]  # another column is another corpus
+        if cfg.piece_chars is not None and len(files) == 1 and files[0].suffix not in (".jsonl", ".parquet"):
+            # One document could not be split: a lone text file is read as pieces (another size, another corpus).
+            readers = [_pieces_reader(files[0], cfg.piece_chars)]
+            extra.append(f"piece_chars={cfg.piece_chars}")
         description = cfg.source
-        # The text field is part of the identity: another column is another corpus.
-        fingerprint = _stat_fingerprint(files, extra=[cfg.source, cfg.text_field])
+        fingerprint = _stat_fingerprint(files, extra=extra)
 
         def read() -> Iterator[Document]:
             for reader in readers:
@@ -148,6 +154,33 @@ def _read_text(path: Path) -> str:
 def _text_reader(path: Path, group: str | None = None) -> Callable[[], Iterator[Document]]:
     def read() -> Iterator[Document]:
         yield Document(_read_text(path), group)
+
+    return read
+
+
+def text_pieces(text: str, size: int) -> list[str]:
+    """`text` cut into contiguous pieces (joined, they are `text` again) of `size` to `2 * size` characters,
+    the last one possibly shorter. Each ends just after the first blank line past `size` characters, else
+    after the first line end there, else at `size` characters."""
+    pieces, start = [], 0
+    while len(text) - start > 2 * size:
+        lo, hi = start + size, start + 2 * size
+        if (cut := text.find("\n\n", lo, hi)) >= 0:
+            cut += 2
+        elif (cut := text.find("\n", lo, hi)) >= 0:
+            cut += 1
+        else:
+            cut = lo
+        pieces.append(text[start:cut])
+        start = cut
+    pieces.append(text[start:])
+    return pieces
+
+
+def _pieces_reader(path: Path, size: int) -> Callable[[], Iterator[Document]]:
+    def read() -> Iterator[Document]:
+        for piece in text_pieces(_read_text(path), size):
+            yield Document(piece)
 
     return read
 

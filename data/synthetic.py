@@ -78,7 +78,7 @@ def make_passkey_example(
     before = round(depth * filler_len)
     # (context_len,) instruction, filler, needle, filler, question, answer
     ids = np.concatenate([intro, filler[:before], needle, filler[before:], question, answer])
-    return _example(ids, np.arange(context_len - len(answer), context_len))
+    return answer_example(ids, np.arange(context_len - len(answer), context_len))
 
 
 def passkey_min_length(tokenizer: PreTrainedTokenizerFast) -> int:
@@ -130,19 +130,17 @@ def make_mqar_example(
     pairs = np.stack([keys, values], axis=1).reshape(-1)  # (2n,) k1 v1 k2 v2 ...
     queries = np.stack([keys[asked], values[asked]], axis=1).reshape(-1)  # (2m,) q1 a1 q2 a2 ...
     ids = np.concatenate([pairs, filler, queries])  # (seq_len,)
-    return _example(ids, 2 * num_pairs + gap + 2 * np.arange(num_queries) + 1)
+    return answer_example(ids, 2 * num_pairs + gap + 2 * np.arange(num_queries) + 1)
 
 
-def _example(ids: np.ndarray, answer_positions: np.ndarray) -> Example:
+def answer_example(ids: np.ndarray, answer_positions: np.ndarray, **extra: np.ndarray) -> Example:
+    """The example dict: answer-only labels, plus any `extra` int64 fields (e.g. `distances`)."""
     # Built in numpy and wrapped: tiny torch ops can stall on a busy intra-op thread pool (see loader.py).
     ids = ids.astype(np.int64)
     labels = np.full_like(ids, IGNORE_INDEX)
     labels[answer_positions] = ids[answer_positions]
-    return {
-        "input_ids": torch.from_numpy(ids),
-        "labels": torch.from_numpy(labels),
-        "answer_positions": torch.from_numpy(answer_positions.astype(np.int64)),
-    }
+    fields = {"input_ids": ids, "labels": labels, "answer_positions": answer_positions, **extra}
+    return {name: torch.from_numpy(np.asarray(value, dtype=np.int64)) for name, value in fields.items()}
 
 
 class SyntheticDataset(torch.utils.data.Dataset):

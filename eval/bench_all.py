@@ -69,7 +69,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--baseline", default=None, help=f"same-shape HF Llama (default {DEFAULT_BASELINE})")
     parser.add_argument("--out", default="bench-results")
     parser.add_argument(
-        "--readme", default="README.md", help="file whose results section is rewritten ('' = none)"
+        "--readme",
+        default="bench-results/README.md",
+        help="file whose results section is rewritten ('' = none)",
     )
     parser.add_argument("--tasks", nargs="+", default=list(TASK_ORDER), choices=TASK_ORDER)
     parser.add_argument("--train-length", type=int, default=256, help="the models' training sequence length")

@@ -1,7 +1,7 @@
 """The contenders of every evaluation: how a model is loaded, which cache it runs with and how text is fed.
 
 A `Method` is one model run one way. BCT exports run as `bct` (and, with `--writes-closed`, also as
-`bct-writes-closed`: the same weights with every memory write closed, DESIGN.md §7). Plain HF causal LMs
+`bct-writes-closed`: the same weights with every memory write closed, docs/design.md §7). Plain HF causal LMs
 (Llama family) run as the baselines, each bounded one at a KV budget of `budget` entries per layer and KV head:
 
 | key | cache | what a query sees |

@@ -1,5 +1,5 @@
 """Recall by distance: accuracy inside the window, within the stacked reach of the windows, and truly far,
-with the memory writes closed on the same weights beside it (DESIGN.md §8).
+with the memory writes closed on the same weights beside it (docs/design.md §8).
 
     python -m eval recall --model bench-results/recall/models/bct-gated-s0 [--model ...] [--pairs 1 2 4]
 

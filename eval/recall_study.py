@@ -1,5 +1,5 @@
 """The recall study of issue 10 in one command: small models trained on the recall curriculum alone, then
-recall by distance with the writes open and closed on the same weights (DESIGN.md §8).
+recall by distance with the writes open and closed on the same weights (docs/design.md §8).
 
     python -m eval recall-study --out bench-results/recall [--rules gated,delta,retain] [--seeds 0,1]
                                 [--steps 700] [--batch-size 32] [--seq-len 256] [--device auto] [--quick]

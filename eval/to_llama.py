@@ -3,7 +3,7 @@
     python -m eval to-llama runs/bench/full/export --out runs/bench/llama
 
 A BCT with `memory_slots = 0` and a window covering its training sequences computes exactly causal
-attention with RoPE over those sequences (DESIGN.md §6: the weight mapping is one-to-one), so training one
+attention with RoPE over those sequences (docs/design.md §6: the weight mapping is one-to-one), so training one
 with train.py and converting it gives a same-shape full-attention Llama trained on the same data by the same
 loop. The conversion refuses a model with memory slots or a q/k norm, and checks that both models give the
 same logits on a random sequence that fits the BCT's window.

@@ -9,7 +9,7 @@ Three implementations of the same function, side by side:
 - `reference_attention`: a plain token-by-token loop at absolute positions, obviously right; the tests hold
   the two fast paths to it on outputs, final memory and gradients.
 
-Read rule (DESIGN.md §1): memory logits use the un-rotated query against position-free memory keys;
+Read rule (docs/design.md §1): memory logits use the un-rotated query against position-free memory keys;
 window logits use rotated queries and keys; both scaled by 1/√d, the memory logits then shifted by a
 learned per-slot bias (`BCTMemory.read_bias`), and normalised by one softmax.
 Write rule: chunk i's queries see the memory after `max(0, i - W/C)` chunk writes and the window

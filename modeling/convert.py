@@ -1,4 +1,4 @@
-"""Convert a Hugging Face Llama-family checkpoint into a BCT (DESIGN.md §4).
+"""Convert a Hugging Face Llama-family checkpoint into a BCT (docs/design.md §4).
 
 Embeddings, norms, q/k/v/o (with Qwen2's biases and Qwen3's q/k norms), MLP and head map one-to-one;
 only the memory parameters are new, and they are initialised so that conversion does not change what the

@@ -2,7 +2,8 @@
 
 A checkpoint holds what `accelerator.save_state` writes (model, optimizer, scheduler, RNG of every rank;
 DeepSpeed shards under ZeRO), the data position of every rank (`loader_<rank>.pt`), the run config, the
-model config and tokenizer (so that `train.py export` needs nothing else), and `trainer_state.json`.
+model config and tokenizer (so that `train.py export` needs nothing else), and `trainer_state.json` (step,
+processes, last metrics, and the training command without machine paths, for the model card).
 
 Everything is written into `.tmp-step_N/` and renamed to `step_N/` only when every rank has finished,
 so a crash mid-save never leaves a complete-looking `step_N/`. `trainer_state.json` is written last
@@ -20,6 +21,7 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 
+from training.card import portable_command
 from training.config import RunConfig, save_run_config
 
 _STEP_DIR = re.compile(r"^step_(\d+)$")
@@ -75,7 +77,12 @@ def save_checkpoint(
         save_run_config(cfg, tmp / "config.yaml")
         accelerator.unwrap_model(model).config.save_pretrained(tmp / "model")
         tokenizer.save_pretrained(tmp / "tokenizer")
-        state = {"step": step, "num_processes": accelerator.num_processes, "metrics": metrics}
+        state = {
+            "step": step,
+            "num_processes": accelerator.num_processes,
+            "metrics": metrics,
+            "command": portable_command(output_dir),
+        }
         (tmp / STATE_FILE).write_text(json.dumps(state, indent=2))
         if final.exists():  # the same step saved again (resumed at a step that was already saved)
             shutil.rmtree(final)

@@ -1,7 +1,8 @@
 """The run config: a dataclass tree loaded from YAML, with dotted `key=value` overrides, validated before
 anything heavy starts (no model, no data, no process group).
 
-    output_dir, max_steps, seed, resume (auto | none | path), init_from, push_to_hub
+    output_dir, max_steps, seed, resume (auto | none | path), init_from, push_to_hub (a Hub repo id)
+    hub:      HubConfig (private, revision, strategy: what is pushed to push_to_hub, and when)
     model:    config (configs/model/<size>.json) and/or inline BCTConfig fields; capacity fields
               memory_slots / window / chunk_size override the JSON (or the converted checkpoint's defaults)
     data:     data.DataConfig
@@ -37,6 +38,7 @@ CONVERSION_FIELDS = (*CAPACITY_FIELDS, "memory_write_rule", "memory_gate_bias_in
 # Keys of a config.json written by save_pretrained that are not BCTConfig fields.
 _HF_BOOKKEEPING = ("model_type", "architectures", "auto_map", "transformers_version", "dtype", "torch_dtype")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+_BRANCH = re.compile(r"^[A-Za-z0-9_.][\w./-]*(?<![/.])$")
 
 
 @dataclass
@@ -61,7 +63,7 @@ class ModelConfig:
 class OptimConfig:
     lr: float = 3e-4
     # Learning-rate multiplier for the memory write/gate parameters (`.memory.write.`): gates barely move
-    # at the base rate (DESIGN.md §7).
+    # at the base rate (docs/design.md §7).
     memory_lr_multiplier: float = 10.0
     weight_decay: float = 0.1
     betas: tuple[float, float] = (0.9, 0.95)
@@ -83,6 +85,10 @@ class TrainConfig:
     mixed_precision: Literal["auto", "no", "bf16"] = "auto"  # auto: bf16 on a GPU that has it, else fp32
     gradient_checkpointing: bool = False
     compile: bool = False
+    # torch.set_num_threads for CPU work; null = torch's default (one per core). On a busy machine, threads
+    # beyond the free cores wait on each other at every op: measured 8x slower steps with 2 threads on 2
+    # busy cores than with 1.
+    cpu_threads: int | None = None
 
 
 @dataclass
@@ -102,6 +108,31 @@ class TrackingConfig:
 class ExportConfig:
     sample_prompt: str = "def "
     max_new_tokens: int = 64  # 0 = no sample
+    # How the end-of-run sample is drawn (`generate(do_sample=True, ...)` from a fixed seed); never greedy,
+    # which loops on a small model.
+    temperature: float = 0.8
+    top_k: int = 50  # 0 = off
+    top_p: float = 1.0  # 1 = off
+
+
+SAMPLING_FIELDS = ("temperature", "top_k", "top_p")
+
+
+def sample_settings(export: dict[str, Any]) -> dict[str, Any]:
+    """The sampling settings of a saved `export:` section; a run saved before they existed gets the defaults."""
+    return {name: export.get(name, getattr(ExportConfig, name)) for name in SAMPLING_FIELDS}
+
+
+@dataclass
+class HubConfig:
+    """Where and when `push_to_hub` uploads, in the manner of transformers.Trainer's `hub_strategy`:
+    `end` the final export only; `every_save` also a Hub-ready export of each checkpoint as it is saved;
+    `checkpoint` like every_save, and the checkpoint itself (resumable state) into `last-checkpoint/`.
+    Uploads run in a background thread; a failed one is reported at the end and never fails the run."""
+
+    private: bool = False  # a new repo is created private (an existing repo keeps its visibility)
+    revision: str | None = None  # branch to push to (created from main if missing); null = main
+    strategy: Literal["end", "every_save", "checkpoint"] = "end"
 
 
 @dataclass
@@ -112,7 +143,8 @@ class RunConfig:
     # auto: the newest complete checkpoint in output_dir, if any | none | a step_N path
     resume: str | None = "auto"
     init_from: str | None = None  # HF folder | hub id | file.gguf | alias (SMOLLM2_ALIASES)
-    push_to_hub: str | None = None  # repo id to upload the final export to
+    push_to_hub: str | None = None  # Hub repo id (`name` or `namespace/name`) to upload exports to
+    hub: HubConfig = field(default_factory=HubConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -221,8 +253,17 @@ def validate(cfg: RunConfig) -> None:
     for name in ("eval_every", "eval_batches", "save_every"):
         _require(getattr(t, name) >= 0, f"train.{name}", getattr(t, name), "an integer >= 0 (0 = off)")
     _require(
-        cfg.export.max_new_tokens >= 0, "export.max_new_tokens", cfg.export.max_new_tokens, "an integer >= 0"
+        t.cpu_threads is None or t.cpu_threads >= 1,
+        "train.cpu_threads",
+        t.cpu_threads,
+        "an integer >= 1, or null (torch's default)",
     )
+    e = cfg.export
+    _require(e.max_new_tokens >= 0, "export.max_new_tokens", e.max_new_tokens, "an integer >= 0")
+    _require(e.temperature > 0, "export.temperature", e.temperature, "a number > 0")
+    _require(e.top_k >= 0, "export.top_k", e.top_k, "an integer >= 0 (0 = off)")
+    _require(0 < e.top_p <= 1, "export.top_p", e.top_p, "a number in (0, 1] (1 = off)")
+    _validate_hub(cfg)
     _validate_resume(cfg)
     model_config = _validate_model(cfg)
     _require(
@@ -236,6 +277,39 @@ def validate(cfg: RunConfig) -> None:
         cfg.data.validate(chunk_size=model_config.chunk_size, model_vocab_size=vocab_size)
     except (ValueError, FileNotFoundError) as err:
         raise ConfigError(str(err)) from err
+
+
+def _validate_hub(cfg: RunConfig) -> None:
+    if cfg.push_to_hub is None:
+        for name, default, shown in (
+            ("strategy", "end", "'end'"),
+            ("private", False, "false"),
+            ("revision", None, "null"),
+        ):
+            value = getattr(cfg.hub, name)
+            _require(value == default, f"hub.{name}", value, f"{shown} unless push_to_hub names a repo")
+        return
+    check_hub_target(cfg.push_to_hub, cfg.hub.revision)
+
+
+def check_hub_target(
+    repo_id: str, revision: str | None, names: tuple[str, str] = ("push_to_hub", "hub.revision")
+) -> None:
+    """A Hub repo id and branch that the Hub would accept; `names` are the fields named in the error."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+        valid = _HUB_ID.match(repo_id) is not None
+    except HFValidationError:
+        valid = False
+    _require(valid, names[0], repo_id, "a Hub repo id, `name` or `namespace/name`")
+    _require(
+        revision is None or (_BRANCH.match(revision) is not None and ".." not in revision),
+        names[1],
+        revision,
+        "null (main) or a branch name of letters, digits and . _ - / (not starting with - or /)",
+    )
 
 
 def _validate_resume(cfg: RunConfig) -> None:

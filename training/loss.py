@@ -1,7 +1,7 @@
 """The training loss when synthetic answers get their own share of it (`data.synthetic_loss_weight`).
 
 A mixed batch holds text rows (every token labelled) and synthetic rows (only their ~10-20 answers
-labelled). Averaged together, the answers are ~2% of the gradient (DESIGN.md §8). With a weight `w` the
+labelled). Averaged together, the answers are ~2% of the gradient (docs/design.md §8). With a weight `w` the
 loss is `w · mean(synthetic answers) + (1 - w) · mean(text tokens)`; a kind the batch lacks contributes 0,
 so the shares hold on average whatever the batch size (one row per micro-batch included).
 """

@@ -2,7 +2,7 @@
 
 Continued training converts ONCE, on the main process, into `output_dir/init/` (weights + tokenizer);
 every rank then loads that folder with `from_pretrained`. Under ZeRO-3 `from_pretrained` partitions the
-parameters as it loads, which copying a state dict into a freshly built model cannot do (RECIPES.md).
+parameters as it loads, which copying a state dict into a freshly built model cannot do (docs/training.md, launch pitfalls).
 """
 
 from __future__ import annotations

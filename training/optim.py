@@ -4,7 +4,7 @@ Groups (empty ones are dropped):
 - `decay`:        weight matrices and embeddings, weight decay `weight_decay`, base lr;
 - `no_decay`:     norms, biases and memory slots (`.memory.`), no weight decay, base lr;
 - `memory_write`: the memory write rule, its gates and the slots' read bias, no weight decay,
-                  lr × `memory_lr_multiplier` (a gate at the base rate barely moves, DESIGN.md §7).
+                  lr × `memory_lr_multiplier` (a gate at the base rate barely moves, docs/design.md §7).
 """
 
 from __future__ import annotations

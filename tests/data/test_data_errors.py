@@ -142,7 +142,13 @@ def test_passkey_does_not_fit_seq_len(small_cfg, tokenizer, corpus):
 def test_single_document_cannot_be_split(tmp_path, texts, tokenizer):
     path = tmp_path / "one.txt"
     path.write_text("".join(texts))
-    cfg = DataConfig(source=str(path), cache_dir=str(tmp_path / "cache"), seq_len=32, validation_fraction=0.1)
+    cfg = DataConfig(
+        source=str(path),
+        cache_dir=str(tmp_path / "cache"),
+        seq_len=32,
+        validation_fraction=0.1,
+        piece_chars=None,  # the file stays one document
+    )
     with pytest.raises(ValueError, match=r"data\.validation_fraction = 0\.1 .*1 document\(s\) would all go"):
         prepare_corpus(cfg, tokenizer)
     assert prepare_corpus(replace(cfg, validation_fraction=0.0), tokenizer).validation.shape == (0, 32)

@@ -7,6 +7,7 @@ import re
 import pytest
 
 from data import DataConfig, Document, open_source, prepare_corpus, split_hash, validation_cutoff
+from data.sources import text_pieces
 
 
 def test_no_document_in_both_splits(tmp_path, text_dir, texts, tokenizer):
@@ -53,3 +54,41 @@ def test_groups_travel_together():
 def test_validation_cutoff(hashes, fraction, validation):
     cutoff = validation_cutoff(hashes, fraction)
     assert [h for h in hashes if h < cutoff] == validation
+
+
+@pytest.mark.parametrize(
+    ("text", "ends_with"),
+    [
+        ("".join(f"paragraph {i}\nof two lines\n\n" for i in range(200)), "\n\n"),
+        ("".join(f"line {i} of a file without blank lines\n" for i in range(200)), "\n"),
+        ("x" * 5000, ""),
+    ],
+    ids=["blank-lines", "line-ends", "one-long-line"],
+)
+def test_text_pieces_cut_at_the_nearest_break(text, ends_with):
+    pieces = text_pieces(text, 500)
+    assert "".join(pieces) == text and len(pieces) > 2
+    for piece in pieces[:-1]:
+        assert 500 <= len(piece) <= 1000 and piece.endswith(ends_with)
+    assert len(pieces[-1]) <= 1000
+
+
+def test_single_text_file_is_split_in_pieces(tmp_path, text_dir, texts, tokenizer):
+    """One text file, the default validation fraction: its pieces are the documents, none on both sides."""
+    path = tmp_path / "input.txt"
+    path.write_text("\n".join(texts))
+    cfg = DataConfig(source=str(path), cache_dir=str(tmp_path / "cache"), seq_len=32, piece_chars=1000)
+    pieces = text_pieces(path.read_text(), 1000)
+    assert [d.text for d in open_source(cfg).documents()] == pieces
+    corpus = prepare_corpus(cfg, tokenizer)
+    assert corpus.stats["train_documents"] + corpus.stats["validation_documents"] == len(pieces) > 10
+    assert corpus.stats["validation_documents"] >= 1 and len(corpus.validation) > 0
+    found = {
+        side: set(re.findall(r"docmarker\d{4}", tokenizer.decode(rows.flatten().tolist())))
+        for side, rows in (("train", corpus.train), ("validation", corpus.validation))
+    }
+    # A marker at a piece boundary would be on one side only; a piece's markers stay with it.
+    assert found["train"] and found["validation"] and not found["train"] & found["validation"]
+    # Several files keep one document each; null piece_chars keeps the lone file whole.
+    assert len(list(open_source(DataConfig(source=str(text_dir), piece_chars=100)).documents())) == len(texts)
+    assert len(list(open_source(DataConfig(source=str(path), piece_chars=None)).documents())) == 1

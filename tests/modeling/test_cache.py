@@ -1,4 +1,4 @@
-"""BCTCache: fixed-size tensors whose bytes equal the DESIGN.md §3 formula at any context length."""
+"""BCTCache: fixed-size tensors whose bytes equal the docs/design.md §3 formula at any context length."""
 
 import pytest
 import torch

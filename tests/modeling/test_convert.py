@@ -1,4 +1,4 @@
-"""convert_to_bct: an exact weight mapping from Llama-family checkpoints (DESIGN.md §4, §6)."""
+"""convert_to_bct: an exact weight mapping from Llama-family checkpoints (docs/design.md §4, §6)."""
 
 import math
 

@@ -1,4 +1,4 @@
-"""DESIGN.md §6: the parallel forward, chunked prefill of any segment length and cached decoding are one
+"""docs/design.md §6: the parallel forward, chunked prefill of any segment length and cached decoding are one
 function (≤ 1e-4 max abs logit difference in float32, at lengths ≥ 8 × window)."""
 
 import pytest

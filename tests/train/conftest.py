@@ -1,13 +1,14 @@
 """Session fixtures of the training tests: a data cache, one single-process debug run reused by the tests
-that only read it, and a tiny Llama checkpoint to continue from."""
+that only read it, and a tiny Llama checkpoint to continue from (as a folder and as a cached Hub repo)."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
 
-from tests.train.runner import debug_args, run_train
+from tests.train.runner import TINY_LLAMA_REPO, debug_args, run_train
 from training.tracking import read_metrics
 
 
@@ -59,3 +60,16 @@ def tiny_llama_dir(tmp_path_factory) -> Path:
     LlamaForCausalLM(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_hub_cache(tmp_path_factory, tiny_llama_dir) -> Path:
+    """A Hugging Face Hub cache (for HF_HUB_CACHE) holding `tiny_llama_dir` as the downloaded repo
+    TINY_LLAMA_REPO, with a model card that states its license: `init_from` a Hub id, offline."""
+    cache = tmp_path_factory.mktemp("hf-hub-cache")
+    repo, commit = cache / f"models--{TINY_LLAMA_REPO.replace('/', '--')}", "0" * 40
+    snapshot = Path(shutil.copytree(tiny_llama_dir, repo / "snapshots" / commit))
+    (snapshot / "README.md").write_text("---\nlicense: mit\nlibrary_name: transformers\n---\n# tiny llama\n")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    return cache

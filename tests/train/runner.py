@@ -11,6 +11,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable
 ACCELERATE = str(Path(sys.executable).with_name("accelerate"))
+TINY_LLAMA_REPO = "bct-tests/tiny-llama"  # the Hub id under which conftest caches the tiny Llama
 
 
 def train_env(**extra: str) -> dict[str, str]:

@@ -81,6 +81,34 @@ def test_overrides_reach_every_section():
             ["resume = 'runs/nowhere/step_3'", "auto, none"],
             id="missing-resume",
         ),
+        pytest.param(
+            "push_to_hub=me/my/bct",
+            ["push_to_hub = 'me/my/bct'", "a Hub repo id, `name` or `namespace/name`"],
+            id="bad-repo-id",
+        ),
+        pytest.param(
+            "hub.strategy=always",
+            ["hub.strategy = 'always'", "'end', 'every_save', 'checkpoint'"],
+            id="hub-strategy",
+        ),
+        pytest.param(
+            "hub.strategy=checkpoint",
+            ["hub.strategy = 'checkpoint'", "'end' unless push_to_hub names a repo"],
+            id="hub-strategy-without-repo",
+        ),
+        pytest.param(
+            "hub.private=yes please",
+            ["hub.private = 'yes please'", "true/false"],
+            id="hub-private",
+        ),
+        pytest.param(
+            "train.cpu_threads=0", ["train.cpu_threads = 0", "an integer >= 1, or null"], id="threads"
+        ),
+        pytest.param("export.temperature=0", ["export.temperature = 0", "a number > 0"], id="temperature"),
+        pytest.param("export.top_p=1.5", ["export.top_p = 1.5", "a number in (0, 1]"], id="top-p"),
+        pytest.param(
+            "data.piece_chars=0", ["data.piece_chars = 0", "a positive integer or null"], id="piece-chars"
+        ),
     ],
 )
 def test_bad_configs_name_field_value_and_allowed(override, expected):
@@ -88,6 +116,15 @@ def test_bad_configs_name_field_value_and_allowed(override, expected):
         load(override)
     for text in expected:
         assert text in str(err.value)
+
+
+def test_hub_branch_is_checked_and_a_good_one_passes():
+    with pytest.raises(
+        ConfigError, match=r"hub.revision = '\.\./main' is not allowed: expected null \(main\) or"
+    ):
+        load("push_to_hub=me/bct", "hub.revision=../main")
+    cfg = load("push_to_hub=me/bct", "hub.revision=exp/run-1", "hub.private=true", "hub.strategy=every_save")
+    assert (cfg.hub.revision, cfg.hub.private, cfg.hub.strategy) == ("exp/run-1", True, "every_save")
 
 
 def test_yaml_exponent_without_dot_reads_as_float(tmp_path):

@@ -8,11 +8,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.train.runner import losses, run_train
+from tests.train.cards import check_card
+from tests.train.runner import TINY_LLAMA_REPO, losses, run_train
+from training.card import SMOLLM2_HUB_ID
 from training.tracking import read_metrics
 
 
-def test_continue_from_tiny_llama_checkpoint(tiny_llama_dir, data_cache, tmp_path):
+def test_continue_from_tiny_llama_checkpoint(tiny_llama_dir, tiny_llama_hub_cache, data_cache, tmp_path):
+    """From a Hub id (offline: the repo sits in the Hub cache). The export's card names it as base_model."""
     out = tmp_path / "run"
     run_train(
         [
@@ -20,13 +23,14 @@ def test_continue_from_tiny_llama_checkpoint(tiny_llama_dir, data_cache, tmp_pat
             "configs/debug.yaml",
             f"output_dir={out}",
             f"data.cache_dir={data_cache}",
-            f"init_from={tiny_llama_dir}",
+            f"init_from={TINY_LLAMA_REPO}",
             "model.config=null",
             "model.memory_slots=4",
             "max_steps=8",
             "train.save_every=0",
             "train.eval_every=0",
-        ]
+        ],
+        HF_HUB_CACHE=str(tiny_llama_hub_cache),
     )
     init = json.loads((out / "init" / "config.json").read_text())
     assert init["model_type"] == "bct" and init["memory_slots"] == 4 and init["num_hidden_layers"] == 2
@@ -43,6 +47,9 @@ def test_continue_from_tiny_llama_checkpoint(tiny_llama_dir, data_cache, tmp_pat
     assert sorted(loss) == list(range(1, 9)) and all(torch.isfinite(torch.tensor(v)) for v in loss.values())
     assert (out / "step_8" / "trainer_state.json").is_file()
     assert (out / "export" / "model.safetensors").is_file() and (out / "export" / "tokenizer.json").is_file()
+    card = check_card(out / "export", tmp_path, tiny_llama_hub_cache)  # untied embeddings
+    assert card.data.base_model == TINY_LLAMA_REPO and card.data.license == "mit"  # the base model's
+    assert f"continued from {TINY_LLAMA_REPO} (llama)" in card.text
 
 
 @pytest.mark.slow
@@ -77,3 +84,5 @@ def test_continue_from_packaged_smollm2_gguf(data_cache, tmp_path):
     loss = losses(read_metrics(out / "metrics.jsonl"))
     assert list(loss) == [2] and loss[2] < 6.0, loss  # pretrained: far below uniform (ln 49152 = 10.8)
     assert "sample:" in proc.stdout
+    card = check_card(out / "export", tmp_path)
+    assert card.data.base_model == SMOLLM2_HUB_ID and card.data.license == "apache-2.0"

@@ -7,6 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from tests.train.cards import check_card
 from tests.train.runner import debug_args, losses, run_train
 from training.checkpoint import list_checkpoints
 from training.tracking import read_metrics
@@ -41,3 +42,8 @@ def test_two_processes_match_single_process(kind, baseline, baseline_metrics, da
     assert exported.keys() == reference.keys()
     for name in reference:
         torch.testing.assert_close(exported[name], reference[name], atol=1e-3, rtol=0)
+    # The card counts the whole model (not this rank's shard) and records the launch without machine paths.
+    card = check_card(out / "export", tmp_path, baseline.parent)
+    assert card.text.count("parameters**") == 1 and "accelerate launch --num_processes 2" in card.text
+    if kind != "ddp":
+        assert f"--use_deepspeed --deepspeed_config_file launch/deepspeed/{kind}.json train.py" in card.text

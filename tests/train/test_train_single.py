@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import subprocess
 import textwrap
 from pathlib import Path
@@ -13,9 +14,11 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from tests.train.cards import check_card
 from tests.train.runner import PYTHON, REPO, copy_checkpoint, debug_args, losses, run_train, train_env
 from training.checkpoint import list_checkpoints
 from training.config import OptimConfig, RunConfig
+from training.hub import export_and_push
 from training.optim import lr_factor
 from training.schema import from_dict
 
@@ -77,6 +80,7 @@ def test_export_loads_in_fresh_process_and_generates(baseline):
         out = model.generate(**ids, max_new_tokens=8, do_sample=False)
         assert out.shape[1] == ids["input_ids"].shape[1] + 8, out.shape
         print(type(model).__module__.split(".")[0], type(model).__name__, model.config.kv_capacity)
+        print(model.num_parameters())
         """
     )
     # A fresh interpreter, started outside the repository.
@@ -85,25 +89,30 @@ def test_export_loads_in_fresh_process_and_generates(baseline):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     # The class comes from the export's own code (transformers_modules), not from this repository.
-    assert proc.stdout.split()[-3:] == ["transformers_modules", "BCTForCausalLM", "40"]
-    card = (export / "README.md").read_text()
-    assert "**40 key/value entries per KV head**" in card and "20,480" in card  # 2*2*2*16*40*4 bytes
-    assert "trust_remote_code=True" in card and "val/ppl" in card
+    assert proc.stdout.split()[-4:-1] == ["transformers_modules", "BCTForCausalLM", "40"]
+    card = check_card(export, baseline.parent)  # tied embeddings, one process
+    assert f"**{int(proc.stdout.split()[-1]):,} parameters**" in card.text
+    assert "**40 key/value entries per KV head**" in card.text and "20,480" in card.text  # 2*2*2*16*40*4 B
+    assert "trust_remote_code=True" in card.text and "val/ppl" in card.text
+    assert "python train.py --config configs/debug.yaml output_dir=run data.cache_dir=" in card.text
+    assert card.data.base_model is None and card.data.license == "apache-2.0"
 
 
 def test_export_cli_matches_end_of_run_export_and_push_fails_offline(baseline, tmp_path):
+    """`train.py export RUN` exports the run's newest checkpoint; the push fails offline (exit 1)."""
     out = tmp_path / "export"
     proc = subprocess.run(
         [
             PYTHON,
             "train.py",
             "export",
-            "--checkpoint",
-            str(baseline / "step_20"),
+            str(baseline),
             "--out",
             str(out),
             "--push-to-hub",
             "me/bct-test",
+            "--revision",
+            "dev",
         ],
         cwd=REPO,
         env=train_env(),
@@ -116,16 +125,36 @@ def test_export_cli_matches_end_of_run_export_and_push_fails_offline(baseline, t
     a, b = load_file(baseline / "export" / "model.safetensors"), load_file(out / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert json.loads((out / "config.json").read_text())["auto_map"]
+    card, end_of_run = check_card(out, tmp_path, baseline), check_card(baseline / "export", baseline)
+    assert 'from_pretrained("me/bct-test", revision="dev", trust_remote_code=True)' in card.text
+    assert card.data.eval_results == end_of_run.data.eval_results
+    command = re.search(r"```bash\n(.*)\n```", card.text).group(1)  # recorded with the checkpoint
+    assert command == re.search(r"```bash\n(.*)\n```", end_of_run.text).group(1)
+    assert export_and_push(baseline, tmp_path / "never", "me/bad//id") == 2  # checked before any export
+    assert not (tmp_path / "never").exists()
 
 
-def test_push_to_hub_offline_keeps_export_and_fails_clearly(baseline, data_cache, tmp_path):
-    """Resume the finished baseline (no steps left): final eval + export, then the upload fails fast."""
+def test_push_to_hub_offline_keeps_checkpoints_and_reports_failures(baseline, data_cache, tmp_path):
+    """hub.strategy=checkpoint with the Hub unreachable: resume the baseline at step 10, save at 15 and 20.
+    Every upload fails at once (HF_HUB_OFFLINE=1), training finishes (exit 0), every checkpoint and the
+    export are kept, and a warning lists each failed upload with its reason."""
     run = tmp_path / "run"
-    copy_checkpoint(baseline / "step_20", run)
-    proc = run_train(debug_args(run, data_cache, "push_to_hub=me/bct-test"), check=False)
-    assert proc.returncode == 1
-    assert "push_to_hub='me/bct-test'" in proc.stderr and "offline" in proc.stderr
-    assert (run / "export" / "model.safetensors").is_file()
+    copy_checkpoint(baseline / "step_10", run)
+    args = ["push_to_hub=me/bct-test", "hub.strategy=checkpoint", "train.save_every=5", "train.keep_last=5"]
+    proc = run_train(debug_args(run, data_cache, *args))
+    assert [p.name for p in list_checkpoints(run)] == ["step_10", "step_15", "step_20"]
+    assert (run / "export" / "model.safetensors").is_file() and not (run / ".hub").exists()
+    assert "warning: 4 of 4 uploads to the Hub repo me/bct-test failed" in proc.stderr
+    offline = "the Hub is offline (HF_HUB_OFFLINE=1)"
+    for what in (
+        "step 15 model",
+        "step 15 checkpoint (last-checkpoint/)",
+        "step 20 checkpoint (last-checkpoint/)",
+    ):
+        assert f"  - {what}: {offline}" in proc.stderr, what
+    assert f"  - final export: {offline}; kept at {run / 'export'}" in proc.stderr
+    assert f"python train.py export {run} --push-to-hub me/bct-test" in proc.stderr
+    check_card(run / "export", tmp_path)
 
 
 def test_run_config_round_trips(baseline):
