@@ -27,7 +27,7 @@ from training.config import ConfigError, RunConfig, load_run_config, sample_sett
 from training.export import export_from_accelerator, generate_sample
 from training.hub import close_run_uploads, export_and_push, push_save, run_uploader
 from training.loss import synthetic_weighted_loss
-from training.model import build_model_and_tokenizer
+from training.model import build_model_and_tokenizer, load_init_source
 from training.optim import build_optimizer, build_scheduler
 from training.plots import plot_metrics
 from training.preemption import StopRequest
@@ -146,8 +146,17 @@ def train(cfg: RunConfig) -> int:
         metrics_file.truncate_after(start_step)
         accelerator.print(f"resumed from {resume_from} at step {start_step}")
     elif cfg.init_from is not None and val_batches:
-        # Step 0 of continued training: the converted model should start at the source model's loss.
-        log_eval(accelerator, model, val_batches, metrics_file, 0)
+        # Step 0 of continued training: the converted model beside the source model it came from, on the same
+        # batches (docs/design.md §4: equal where the window covers the sequence).
+        source = evaluate(accelerator, load_init_source(cfg).to(accelerator.device), val_batches)
+        log_eval(
+            accelerator,
+            model,
+            val_batches,
+            metrics_file,
+            0,
+            extra={"val/source_loss": source["val/loss"], "val/source_ppl": source["val/ppl"]},
+        )
 
     stop = StopRequest()
     hub = run_uploader(cfg, accelerator.is_main_process)  # None without push_to_hub
@@ -271,8 +280,9 @@ def log_eval(
     batches: list[dict],
     metrics_file: MetricsFile,
     step: int,
+    extra: dict[str, float] | None = None,
 ) -> dict[str, float]:
-    val = evaluate(accelerator, model, batches)
+    val = {**evaluate(accelerator, model, batches), **(extra or {})}
     metrics_file.log({"step": step, **val})
     accelerator.log(val, step=step)
     accelerator.print(f"\nstep {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in val.items()))

@@ -18,6 +18,7 @@ from accelerate.utils import set_seed
 
 from data import build_tokenizer, check_vocab_fits
 from modeling import BCTConfig, BCTForCausalLM, convert_to_bct
+from modeling.convert import load_source
 from training.config import RunConfig, conversion_kwargs, model_config_kwargs, resolve_init_source
 
 
@@ -40,6 +41,12 @@ def build_model_and_tokenizer(accelerator: Accelerator, cfg: RunConfig) -> tuple
     model = BCTForCausalLM.from_pretrained(init_dir, dtype=torch.float32)
     check_vocab_fits(tokenizer, model.config.vocab_size)
     return model, tokenizer
+
+
+def load_init_source(cfg: RunConfig) -> torch.nn.Module:
+    """The checkpoint `init_from` names, as its own model (float32, eval mode), e.g. to measure its loss."""
+    source, gguf_file = resolve_init_source(cfg.init_from)
+    return load_source(source, gguf_file).eval()
 
 
 def convert_once(cfg: RunConfig, init_dir: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -43,6 +44,7 @@ def test_continue_from_tiny_llama_checkpoint(tiny_llama_dir, tiny_llama_hub_cach
     assert any(".memory." in k for k in converted) and not any(".memory." in k for k in source)
     metrics = read_metrics(out / "metrics.jsonl")
     assert metrics[0]["step"] == 0 and "val/ppl" in metrics[0]  # the converted model, before any update
+    assert math.isfinite(metrics[0]["val/source_ppl"])  # and the source model, on the same batches
     loss = losses(metrics)
     assert sorted(loss) == list(range(1, 9)) and all(torch.isfinite(torch.tensor(v)) for v in loss.values())
     assert (out / "step_8" / "trainer_state.json").is_file()
