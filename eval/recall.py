@@ -134,10 +134,7 @@ def closed_copy(model: torch.nn.Module) -> tuple[torch.nn.Module | None, str | N
     config = model.config
     if config.model_type != "bct" or config.memory_slots == 0:
         return None, "no memory to write"
-    try:
-        return close_writes(model), None
-    except (ValueError, NotImplementedError) as err:
-        return None, str(err)
+    return close_writes(model), None
 
 
 def levels(vocab_size: int, num_pairs: int) -> dict[str, float]:
