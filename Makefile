@@ -18,7 +18,7 @@ export WANDB_MODE ?= offline
 export TOKENIZERS_PARALLELISM ?= false
 export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.cache/torch_extensions
 
-.PHONY: setup lock train test test-upstream lint format smoke bench recall clean
+.PHONY: setup lock train test test-fast test-upstream lint format smoke bench recall clean
 
 setup: $(STAMP)
 
@@ -36,11 +36,16 @@ lock: setup
 		--override <(echo torch==2.13.0+cpu) --python-version 3.11 --upgrade -o $(LOCK)
 
 train: setup
-	$(VENV)/bin/accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
+	$(VENV)/bin/accelerate launch -q --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
 		train.py --config configs/quickstart.yaml
 
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The inner loop: everything but the tests that train models or start processes (marked `slow`, also by the
+# fixtures they use: tests/conftest.py) and the multi-process ones. `make test` runs them all.
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow and not distributed" $(PYTEST_ARGS)
 
 # The model contract (tests/modeling, export round trip included) on what a new user gets today: the newest
 # releases pyproject.toml allows, unpinned; then again with the oldest transformers it claims.

@@ -22,16 +22,27 @@ from accelerate.utils import DistributedDataParallelKwargs, InitProcessGroupKwar
 from tqdm.auto import tqdm
 
 from data import build_train_loader, build_validation_batches, prepare_corpus
-from training.checkpoint import find_resume_checkpoint, load_checkpoint, remove_partial, save_checkpoint
-from training.config import ConfigError, RunConfig, load_run_config, sample_settings, save_run_config
+from training.checkpoint import remove_partial, save_checkpoint
+from training.config import (
+    ConfigError,
+    RunConfig,
+    config_dict,
+    load_run_config,
+    sample_settings,
+    save_run_config,
+)
 from training.export import export_from_accelerator, generate_sample
+from training.guard import NONFINITE_EXIT, NonFiniteError, NonFiniteGuard, any_rank, weights_finite
 from training.hub import close_run_uploads, export_and_push, push_save, run_uploader
+from training.launcher import stop_with_launcher
+from training.lines import plan_resume, record_line
+from training.lock import RunLock, RunLocked
 from training.loss import synthetic_weighted_loss
 from training.model import build_model_and_tokenizer, load_init_source
 from training.optim import build_optimizer, build_scheduler
 from training.plots import plot_metrics
 from training.preemption import StopRequest
-from training.schema import to_dict
+from training.resume import ResumeError, resume
 from training.tracking import MetricsFile, init_trackers, read_metrics
 
 
@@ -95,18 +106,35 @@ def forward_loss(
 def train(cfg: RunConfig) -> int:
     if cfg.train.cpu_threads is not None:
         torch.set_num_threads(cfg.train.cpu_threads)
+    stop_with_launcher()  # a SIGTERM to `accelerate launch` must reach this process (training/launcher.py)
     accelerator = build_accelerator(cfg)
     if accelerator.distributed_type == DistributedType.NO and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise RuntimeError(
             "several processes were launched but accelerate runs them unsynchronised; "
             "on CPU set ACCELERATE_USE_CPU=1 (launch/README.md)"
         )
-    out = Path(cfg.output_dir)
-    resume_from = find_resume_checkpoint(cfg)
+    top = Path(cfg.output_dir)
+    # One trainer per output folder, decided before anything in it is read or written (training/lock.py).
+    lock, refusal = RunLock(top), None
+    if accelerator.is_main_process:
+        try:
+            lock.acquire()
+        except RunLocked as err:
+            refusal = str(err)
+    if any_rank(accelerator, refusal is not None):
+        if refusal is not None:
+            print(f"error: {refusal}", file=sys.stderr)
+        return 2
+    # Where this run continues: the folder's main line or a branch of it (training/lines.py). Every rank
+    # reads the folder before the main process changes it.
+    plan = plan_resume(top, cfg.resume_mode)
+    accelerator.wait_for_everyone()
+    if plan.run_dir != top:
+        cfg = cfg.model_copy(update={"output_dir": str(plan.run_dir)})
+    out = plan.run_dir
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         remove_partial(out)
-        save_run_config(cfg, out / "config.yaml")
     accelerator.wait_for_everyone()
 
     model, tokenizer = build_model_and_tokenizer(accelerator, cfg)
@@ -131,41 +159,88 @@ def train(cfg: RunConfig) -> int:
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     optimizer = build_optimizer(model, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.optim, cfg.max_steps, accelerator.num_processes)
-    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+    deepspeed = accelerator.distributed_type == DistributedType.DEEPSPEED
+    if deepspeed:
         # With no prepared dataloader accelerate cannot infer the micro batch; clipping is DeepSpeed's job.
         ds_config = accelerator.state.deepspeed_plugin.deepspeed_config
         ds_config["train_micro_batch_size_per_gpu"] = cfg.train.micro_batch_size
         ds_config["gradient_clipping"] = cfg.optim.grad_clip
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
 
-    init_trackers(accelerator, cfg)
     metrics_file = MetricsFile(out / "metrics.jsonl", enabled=accelerator.is_main_process)
-    start_step = 0
-    if resume_from is not None:
-        start_step = load_checkpoint(accelerator, resume_from, loader)["step"]
+    start_step, skipped, resumed_from = 0, 0, None
+    if plan.checkpoint is not None:
+        # Refuses a changed model or data, skips a checkpoint that does not load (training/resume.py).
+        try:
+            resumed_from, state = resume(
+                accelerator,
+                plan.checkpoint,
+                plan.walk_back,
+                loader,
+                config_dict(cfg),
+                accelerator.unwrap_model(model).config,
+                cfg.resume_allow_changes,
+            )
+        except ResumeError as err:
+            if accelerator.is_main_process:
+                print(f"error: {err}", file=sys.stderr)
+            return err.exit_code
+        start_step, skipped = state["step"], state.get("nonfinite_skips", 0)
+    if accelerator.is_main_process:
+        record_line(top, plan)
+        save_run_config(cfg, out / "config.yaml")
+        if plan.note:
+            print(plan.note)
+    init_trackers(accelerator, cfg)
+    if resumed_from is not None:
         metrics_file.truncate_after(start_step)
-        accelerator.print(f"resumed from {resume_from} at step {start_step}")
-    elif cfg.init_from is not None and val_batches:
-        # Step 0 of continued training: the converted model beside the source model it came from, on the same
-        # batches (docs/design.md §4: equal where the window covers the sequence).
-        source = evaluate(accelerator, load_init_source(cfg).to(accelerator.device), val_batches)
-        log_eval(
-            accelerator,
-            model,
-            val_batches,
-            metrics_file,
-            0,
-            extra={"val/source_loss": source["val/loss"], "val/source_ppl": source["val/ppl"]},
-        )
+        accelerator.print(f"resumed from {resumed_from} at step {start_step}")
+    else:
+        set_aside = metrics_file.set_aside()  # a fresh run never appends to an old run's rows
+        if set_aside is not None:
+            print(f"an earlier run's metrics.jsonl is kept as {set_aside}")
+        if cfg.init_from is not None and val_batches:
+            # Step 0 of continued training: the converted model beside the source model it came from, on the
+            # same batches (docs/design.md §4: equal where the window covers the sequence).
+            source = evaluate(accelerator, load_init_source(cfg).to(accelerator.device), val_batches)
+            log_eval(
+                accelerator,
+                model,
+                val_batches,
+                metrics_file,
+                0,
+                extra={"val/source_loss": source["val/loss"], "val/source_ppl": source["val/ppl"]},
+            )
 
     stop = StopRequest()
     hub = run_uploader(cfg, accelerator.is_main_process)  # None without push_to_hub
+    guard = NonFiniteGuard(accelerator, cfg.train.max_nonfinite_skips, skipped)
+
+    def save(step: int) -> Path:
+        """A checkpoint of finite weights only; pruning keeps the one this run resumed from."""
+        if not weights_finite(accelerator, model):
+            raise NonFiniteError(
+                f"step {step}: the weights hold non-finite values after the update; this step was not saved. "
+                "Lower optim.lr or raise optim.warmup_steps, then rerun to resume from the newest checkpoint."
+            )
+        return save_checkpoint(
+            accelerator,
+            cfg,
+            step,
+            model,
+            loader,
+            tokenizer,
+            metrics,
+            extra_state={"nonfinite_skips": guard.skipped},
+            protect=(resumed_from,) if resumed_from is not None else (),
+        )
+
     batches = iter(loader)
     tokens_per_step = (
         cfg.train.micro_batch_size * cfg.data.seq_len * cfg.train.grad_accum * accelerator.num_processes
     )
     metrics: dict[str, float] = {}
-    last_saved = start_step if resume_from is not None else None
+    last_saved = start_step if resumed_from is not None else None
     progress = tqdm(
         total=cfg.max_steps, initial=start_step, desc="train", disable=not accelerator.is_local_main_process
     )
@@ -173,72 +248,92 @@ def train(cfg: RunConfig) -> int:
     step, grad_norm = start_step, None
     # Time spent in steps since the last log (not in eval or saving), and their count: tokens/s.
     busy, busy_steps = 0.0, 0
-    while step < cfg.max_steps:
-        started = time.perf_counter()
-        log_now = (step + 1) % cfg.train.log_every == 0 or step + 1 == cfg.max_steps
-        lr = scheduler.get_last_lr()[0]  # the rate of this update (group 0: base lr)
-        loss_sum = torch.zeros((), device=accelerator.device)
-        signals: dict[str, torch.Tensor] = {}
-        for _ in range(cfg.train.grad_accum):
-            batch = {k: v.to(accelerator.device) for k, v in next(batches).items()}  # (B, T) each
-            synthetic = batch.pop("synthetic", None)  # (B,) rows holding synthetic answers, if mixed
-            with accelerator.accumulate(model):
-                output, loss = forward_loss(model, batch, synthetic, cfg.data.synthetic_loss_weight, log_now)
-                accelerator.backward(loss)
-                if accelerator.sync_gradients:
-                    grad_norm = accelerator.clip_grad_norm_(
-                        model.parameters(), cfg.optim.grad_clip or math.inf
+    try:
+        while step < cfg.max_steps:
+            started = time.perf_counter()
+            log_now = (step + 1) % cfg.train.log_every == 0 or step + 1 == cfg.max_steps
+            lr = scheduler.get_last_lr()[0]  # the rate of this update (group 0: base lr)
+            loss_sum = torch.zeros((), device=accelerator.device)
+            signals: dict[str, torch.Tensor] = {}
+            for _ in range(cfg.train.grad_accum):
+                batch = {k: v.to(accelerator.device) for k, v in next(batches).items()}  # (B, T) each
+                synthetic = batch.pop("synthetic", None)  # (B,) rows holding synthetic answers, if mixed
+                with accelerator.accumulate(model):
+                    output, loss = forward_loss(
+                        model, batch, synthetic, cfg.data.synthetic_loss_weight, log_now
                     )
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad()
-            loss_sum += loss.detach().float()
-            for name, value in (output.memory_signals or {}).items():
-                signals[name] = signals.get(name, 0.0) + value.detach().float()
-        step += 1
-        busy, busy_steps = busy + time.perf_counter() - started, busy_steps + 1
-        progress.update(1)
+                    if deepspeed:  # DeepSpeed steps inside backward: the loss is checked before it
+                        guard.check_loss_before_backward(step + 1, loss)
+                    accelerator.backward(loss)
+                    update_ok = True
+                    if accelerator.sync_gradients:
+                        grad_norm = accelerator.clip_grad_norm_(
+                            model.parameters(), cfg.optim.grad_clip or math.inf
+                        )
+                        # Before optimizer.step(): a non-finite loss or gradient never reaches the weights.
+                        update_ok = guard.update_ok(
+                            step + 1, loss_sum + loss.detach().float(), grad_norm, stepped=deepspeed
+                        )
+                    if update_ok:
+                        optimizer.step()
+                    scheduler.step()  # also after a skipped update: the rate follows the step count
+                    optimizer.zero_grad()
+                loss_sum += loss.detach().float()
+                for name, value in (output.memory_signals or {}).items():
+                    signals[name] = signals.get(name, 0.0) + value.detach().float()
+            step += 1
+            busy, busy_steps = busy + time.perf_counter() - started, busy_steps + 1
+            progress.update(1)
 
-        if log_now:
-            names = sorted(signals)
-            # One all-reduce for the loss and every memory signal: means over micro-batches and ranks.
-            packed = torch.stack([loss_sum, *(signals[n] for n in names)]) / cfg.train.grad_accum
-            packed = accelerator.reduce(packed, reduction="mean").tolist()
-            metrics = {
-                "train/loss": packed[0],
-                "train/lr": lr,
-                "train/grad_norm": float(grad_norm) if grad_norm is not None else math.nan,
-                "train/tokens_per_s": tokens_per_step * busy_steps / busy,
-                "train/tokens": tokens_per_step * step,
-                **{f"memory/{n}": v for n, v in zip(names, packed[1:])},
-            }
-            metrics_file.log({"step": step, **metrics})
-            accelerator.log(metrics, step=step)
-            progress.set_postfix(loss=f"{packed[0]:.3f}", lr=f"{lr:.2e}")
-            busy, busy_steps = 0.0, 0
-        if cfg.train.eval_every and step % cfg.train.eval_every == 0 and step < cfg.max_steps:
-            metrics.update(log_eval(accelerator, model, val_batches, metrics_file, step))
-        # The last step is saved after the final eval, so that its checkpoint (and card) holds val/*.
-        if cfg.train.save_every and step % cfg.train.save_every == 0 and step < cfg.max_steps:
-            saved = save_checkpoint(accelerator, cfg, step, model, loader, tokenizer, metrics)
-            push_save(accelerator, hub, cfg, saved, model, tokenizer, metrics, step)  # hub.strategy
-            last_saved = step
-        if stop.agreed(accelerator):  # preemption: every rank saves this step and leaves
-            if last_saved != step:
-                save_checkpoint(accelerator, cfg, step, model, loader, tokenizer, metrics)
-            accelerator.end_training()
-            accelerator.print(
-                f"\nstopped by a signal at step {step}; saved {out / f'step_{step}'}; rerun to resume"
-            )
-            close_run_uploads(hub, cfg)
-            return 0
-    progress.close()
+            if log_now:
+                names = sorted(signals)
+                # One all-reduce for the loss and every memory signal: means over micro-batches and ranks.
+                packed = torch.stack([loss_sum, *(signals[n] for n in names)]) / cfg.train.grad_accum
+                packed = accelerator.reduce(packed, reduction="mean").tolist()
+                metrics = {
+                    "train/loss": packed[0],  # non-finite values are written as null (training/tracking.py)
+                    "train/lr": lr,
+                    "train/grad_norm": float(grad_norm) if grad_norm is not None else math.nan,
+                    "train/tokens_per_s": tokens_per_step * busy_steps / busy,
+                    "train/tokens": tokens_per_step * step,
+                    **{f"memory/{n}": v for n, v in zip(names, packed[1:])},
+                    **({"train/nonfinite_skips": guard.skipped} if guard.skipped else {}),
+                }
+                metrics_file.log({"step": step, **metrics})
+                accelerator.log(metrics, step=step)
+                progress.set_postfix(loss=f"{packed[0]:.3f}", lr=f"{lr:.2e}")
+                busy, busy_steps = 0.0, 0
+            if cfg.train.eval_every and step % cfg.train.eval_every == 0 and step < cfg.max_steps:
+                metrics.update(log_eval(accelerator, model, val_batches, metrics_file, step))
+            # The last step is saved after the final eval, so that its checkpoint (and card) holds val/*.
+            if cfg.train.save_every and step % cfg.train.save_every == 0 and step < cfg.max_steps:
+                saved = save(step)
+                push_save(accelerator, hub, cfg, saved, model, tokenizer, metrics, step)  # hub.strategy
+                last_saved = step
+            if stop.agreed(accelerator):  # preemption: every rank saves this step and leaves
+                if last_saved != step:
+                    save(step)
+                accelerator.end_training()
+                accelerator.print(
+                    f"\nstopped by a signal at step {step}; saved {out / f'step_{step}'}; rerun to resume"
+                )
+                close_run_uploads(hub, cfg)
+                lock.release()
+                return 0
+        progress.close()
 
-    val = log_eval(accelerator, model, val_batches, metrics_file, step)
-    metrics.update(val)
-    if last_saved != step:
-        saved = save_checkpoint(accelerator, cfg, step, model, loader, tokenizer, metrics)
-        push_save(accelerator, hub, cfg, saved, model, tokenizer, metrics, step)
+        val = log_eval(accelerator, model, val_batches, metrics_file, step)
+        metrics.update(val)
+        if last_saved != step:
+            saved = save(step)
+            push_save(accelerator, hub, cfg, saved, model, tokenizer, metrics, step)
+    except NonFiniteError as err:  # nothing non-finite was stepped into the weights' checkpoints or saved
+        progress.close()
+        if accelerator.is_main_process:
+            print(f"\nerror: {err}", file=sys.stderr)
+        accelerator.end_training()
+        close_run_uploads(hub, cfg)
+        return NONFINITE_EXIT
     # Every rank generates (under ZeRO-3 each forward gathers the shards collectively).
     sample = generate_sample(
         accelerator.unwrap_model(model),
@@ -246,10 +341,10 @@ def train(cfg: RunConfig) -> int:
         cfg.export.sample_prompt,
         cfg.export.max_new_tokens,
         cfg.seed,
-        **sample_settings(to_dict(cfg.export)),
+        **sample_settings(cfg.export.model_dump()),
     )
     export_dir = export_from_accelerator(
-        accelerator, model, tokenizer, out / "export", to_dict(cfg), metrics, sample, step
+        accelerator, model, tokenizer, out / "export", config_dict(cfg), metrics, sample, step
     )
     accelerator.end_training()
     plot = out / "metrics.png"  # the run's curves, also for runs with no tracker
@@ -271,6 +366,7 @@ def train(cfg: RunConfig) -> int:
     if hub is not None:
         hub.submit("final export", export_dir, "End of training")
     close_run_uploads(hub, cfg)  # waits; failed uploads are a warning, not a failed run
+    lock.release()
     return 0
 
 
@@ -289,23 +385,27 @@ def log_eval(
     return val
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["export"]:
-        parser = argparse.ArgumentParser(
-            prog="train.py export", description="Export a run's newest checkpoint (or a step_N) and push it."
-        )
-        parser.add_argument("run", nargs="?", help="a run's output_dir (its newest checkpoint) or a step_N")
-        parser.add_argument("--checkpoint", help="a step_N folder written by train.py (instead of RUN)")
-        parser.add_argument("--out", help="export folder; default RUN/export (RUN/export-step_N if older)")
-        parser.add_argument("--push-to-hub", default=None, metavar="REPO_ID")
-        parser.add_argument("--private", action="store_true", help="create the Hub repo private")
-        parser.add_argument("--revision", default=None, metavar="BRANCH", help="branch to push to")
-        args = parser.parse_args(argv[1:])
-        if (args.run is None) == (args.checkpoint is None):
-            parser.error("give either a RUN folder or --checkpoint")
-        source = args.checkpoint or args.run
-        return export_and_push(source, args.out, args.push_to_hub, args.private, args.revision)
+def export_command(argv: list[str]) -> int:
+    """`train.py export RUN [--push-to-hub REPO]`: export a run's checkpoint for `from_pretrained` and the Hub."""
+    parser = argparse.ArgumentParser(
+        prog="train.py export", description="Export a run's newest checkpoint (or a step_N) and push it."
+    )
+    parser.add_argument("run", nargs="?", help="a run's output_dir (its newest checkpoint) or a step_N")
+    parser.add_argument("--checkpoint", help="a step_N folder written by train.py (instead of RUN)")
+    parser.add_argument("--out", help="export folder; default RUN/export (RUN/export-step_N if older)")
+    parser.add_argument("--push-to-hub", default=None, metavar="REPO_ID")
+    parser.add_argument("--private", action="store_true", help="create the Hub repo private")
+    parser.add_argument("--revision", default=None, metavar="BRANCH", help="branch to push to")
+    args = parser.parse_args(argv)
+    if (args.run is None) == (args.checkpoint is None):
+        parser.error("give either a RUN folder or --checkpoint")
+    return export_and_push(
+        args.checkpoint or args.run, args.out, args.push_to_hub, args.private, args.revision
+    )
+
+
+def train_command(argv: list[str]) -> int:
+    """`train.py --config X key=value ...`: validate everything cheap first, then train."""
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -315,10 +415,23 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_run_config(args.config, args.overrides)
     except ConfigError as err:
-        if os.environ.get("RANK", "0") == "0":  # once, not once per process
+        # One line, exit 2, once (not once per process). Under `accelerate launch`, add `-q` so that the
+        # launcher prints no traceback of its own (its exit status is then 1).
+        if os.environ.get("RANK", "0") == "0":
             print(f"config error: {err}", file=sys.stderr)
         return 2
     return train(cfg)
+
+
+# `train.py export ...` exports; anything else is a training run (`accelerate launch train.py --config ...`
+# must keep working without a sub-command).
+COMMANDS = {"export": export_command}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    command = COMMANDS.get(argv[0]) if argv else None
+    return command(argv[1:]) if command else train_command(argv)
 
 
 if __name__ == "__main__":

@@ -141,6 +141,6 @@ def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerFast) -> str:
 def encode_batch(tokenizer: PreTrainedTokenizerFast, texts: list[str]) -> list[list[int]]:
     """Token ids of each text, no special tokens, through the Rust batch API (parallel over texts unless
     TOKENIZERS_PARALLELISM=false). Measured faster here than `datasets.map(num_proc=2)`
-    (see `python -m eval.bench_data`)."""
+    (see `python -m eval bench-data`)."""
     encodings = tokenizer.backend_tokenizer.encode_batch_fast(texts, add_special_tokens=False)
     return [encoding.ids for encoding in encodings]

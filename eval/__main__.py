@@ -1,10 +1,25 @@
-"""`python -m eval <task> [options]`: long-context quality and speed/memory of BCT models against baselines.
+"""`python -m eval <command> [options]`: every evaluation, benchmark and bench tool of the project.
 
-Tasks: perplexity, passkey, mqar, recall, speed (each writes <task>.json, .md and .png into --out), bench-all
-(all four on a trained BCT and a same-shape Llama, then the README's results section), train-pair (train that
-pair), recall-study (train small models on the recall curriculum and score recall by distance: `make recall`),
-to-llama (turn a full-attention BCT export into a LlamaForCausalLM folder), plot (redraw PNGs from JSON).
-`python -m eval <task> --help` documents each.
+Tasks (eval/tasks/; each writes <command>.json, .md and .png into --out):
+  perplexity     loss by token position over long held-out windows
+  passkey        passkey retrieval over lengths x needle depths
+  mqar           multi-query associative recall against the number of pairs
+  recall         recall accuracy by distance on the recall curriculum's held-out rows
+  speed          prefill time, decode ms/token and cache bytes against context length
+  ttft           time to first token: FastKV and SnapKV against full attention and BCT prefill
+  conversion     step-0 loss of a converted model against its source
+
+Tools (eval/tools/; they train, convert or time things for the tasks):
+  bench-all      every task on the bench pair, then bench-results/README.md's results section (`make bench`)
+  train-pair     train the bench pair: a BCT and its same-shape full-attention twin
+  to-llama       turn a full-attention BCT export into a LlamaForCausalLM folder
+  recall-study   train small models on the recall curriculum and score recall by distance (`make recall`)
+  bench-train    training tokens/s and peak memory, BCT against Llama
+  bench-data     data pipeline throughput (tokenizer, packing, loader)
+  plot           redraw a task's PNG from its JSON
+
+The contenders (BCT, full attention, sliding window, sinks, SnapKV, FastKV) live in eval/contenders/.
+`python -m eval <command> --help` documents each command.
 """
 
 from __future__ import annotations
@@ -13,23 +28,27 @@ import importlib
 import os
 import sys
 
-TASKS = {
-    "perplexity": "eval.perplexity",
-    "passkey": "eval.passkey",
-    "mqar": "eval.mqar",
-    "recall": "eval.recall",
-    "recall-study": "eval.recall_study",
-    "speed": "eval.speed",
-    "bench-all": "eval.bench_all",
-    "train-pair": "eval.train_pair",
-    "to-llama": "eval.to_llama",
+COMMANDS = {
+    "perplexity": "eval.tasks.perplexity",
+    "passkey": "eval.tasks.passkey",
+    "mqar": "eval.tasks.mqar",
+    "recall": "eval.tasks.recall",
+    "speed": "eval.tasks.speed",
+    "ttft": "eval.tasks.ttft",
+    "conversion": "eval.tasks.conversion",
+    "bench-all": "eval.tools.bench_all",
+    "train-pair": "eval.tools.train_pair",
+    "to-llama": "eval.tools.to_llama",
+    "recall-study": "eval.tools.recall_study",
+    "bench-train": "eval.tools.bench_train",
+    "bench-data": "eval.tools.bench_data",
     "plot": "eval.plots",
 }
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] in ("-h", "--help") or argv[0] not in TASKS:
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
         print(__doc__.strip())
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -37,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     from transformers.utils import logging
 
     logging.disable_progress_bar()
-    importlib.import_module(TASKS[argv[0]]).main(argv[1:])
+    importlib.import_module(COMMANDS[argv[0]]).main(argv[1:])
     return 0
 
 

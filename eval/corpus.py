@@ -17,6 +17,7 @@ import numpy as np
 from data import DataConfig, open_source, split_hash, tokenize_documents, validation_cutoff
 
 DEFAULT_SOURCE = "shakespeare"
+DATA_DEFAULTS = DataConfig()  # read from an instance: the class need not expose its defaults as attributes
 
 
 def add_heldout_args(parser: argparse.ArgumentParser) -> None:
@@ -25,16 +26,16 @@ def add_heldout_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--validation-fraction",
         type=float,
-        default=DataConfig.validation_fraction,
+        default=DATA_DEFAULTS.validation_fraction,
         help="the training run's split",
     )
-    parser.add_argument("--cache-dir", default=DataConfig.cache_dir)
+    parser.add_argument("--cache-dir", default=DATA_DEFAULTS.cache_dir)
 
 
 def heldout_documents(
     source: str = DEFAULT_SOURCE,
-    validation_fraction: float = DataConfig.validation_fraction,
-    cache_dir: str = DataConfig.cache_dir,
+    validation_fraction: float = DATA_DEFAULTS.validation_fraction,
+    cache_dir: str = DATA_DEFAULTS.cache_dir,
 ) -> list[str]:
     """Texts of the validation side of `source` (any `data.source`), in source order."""
     cfg = DataConfig(source=source, validation_fraction=validation_fraction, cache_dir=cache_dir)

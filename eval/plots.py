@@ -3,6 +3,7 @@ alone, so `python -m eval plot <task>.json` redraws a figure without rerunning a
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -18,6 +19,7 @@ STYLE = {  # method key -> (colour, marker): the same method looks the same in e
     "full": ("#1f77b4", "s"),
     "sliding": ("#2ca02c", "^"),
     "sinks": ("#9467bd", "v"),
+    "snapkv": ("#8c564b", "P"),
     "fastkv": ("#ff7f0e", "D"),
 }
 
@@ -127,17 +129,38 @@ def plot_speed(payload: dict, path: Path) -> None:
         ("cache_bytes", "KV cache MiB", 2.0**-20),
         ("prefill_s", "prefill seconds", 1.0),
     )
-    done = [r for r in payload["rows"] if not r.get("skipped")]
-    contexts = sorted({r["context"] for r in done})
+    _against_context(axes, [r for r in payload["rows"] if not r.get("skipped")], panels)
+    fig.suptitle(f"Speed and memory against context length, {payload['device']}", fontsize=10)
+    _save(fig, path)
+
+
+def _against_context(axes, rows: list[dict], panels: tuple) -> None:
+    """One panel per `(key, title, scale)`: `row[key] * scale` against context length, a line per method."""
+    contexts = sorted({r["context"] for r in rows})
     for ax, (key, title, scale) in zip(axes, panels):
-        for label, rows in _by_label(done).items():
-            ax.plot([r["context"] for r in rows], [r[key] * scale for r in rows], label=label, **_style(rows))
+        for label, method_rows in _by_label(rows).items():
+            ax.plot(
+                [r["context"] for r in method_rows],
+                [r[key] * scale for r in method_rows],
+                label=label,
+                **_style(method_rows),
+            )
         _plain_log_axis(ax, contexts)
         ax.set_xlabel("context length (tokens)")
         ax.set_title(title)
         ax.grid(alpha=0.3, which="both")
     axes[0].legend(fontsize=8)
-    fig.suptitle(f"Speed and memory against context length, {payload['device']}", fontsize=10)
+
+
+def plot_ttft(payload: dict, path: Path) -> None:
+    """Time to first token and the most KV bytes held during the prefill, against context length."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    panels = (
+        ("ttft_s", "time to first token (s)", 1.0),
+        ("peak_prefill_bytes", "peak KV MiB in prefill", 2.0**-20),
+    )
+    _against_context(axes, payload["rows"], panels)
+    fig.suptitle(f"Time to first token, {payload['device']}", fontsize=10)
     _save(fig, path)
 
 
@@ -195,6 +218,7 @@ PLOTS = {
     "passkey": plot_passkey,
     "mqar": plot_mqar,
     "speed": plot_speed,
+    "ttft": plot_ttft,
     "recall": plot_recall,
     "recall-study": plot_recall,
 }
@@ -209,6 +233,8 @@ def plot_payload(payload: dict, path: str | Path) -> Path:
 
 def main(argv: list[str] | None = None) -> None:
     """`python -m eval plot FILE.json [...]`: redraw each payload's PNG next to it."""
-    for name in argv or []:
+    parser = argparse.ArgumentParser(prog="python -m eval plot", description=main.__doc__)
+    parser.add_argument("payloads", nargs="+", metavar="FILE.json", help="a task's JSON payload")
+    for name in parser.parse_args(argv).payloads:
         payload = json.loads(Path(name).read_text())
         print(plot_payload(payload, Path(name).with_suffix(".png")))

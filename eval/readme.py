@@ -18,7 +18,9 @@ TITLES = {
     "passkey": "Passkey retrieval",
     "mqar": "Multi-query associative recall",
     "speed": "Speed and memory against context length",
+    "ttft": "Time to first token",
 }
+RANDOM_SHAPE_TASKS = ("speed", "ttft")  # run on random-weight models of the benchmark shape
 
 
 def run_summary(export: str) -> str | None:
@@ -48,8 +50,9 @@ def run_summary(export: str) -> str | None:
 def results_section(readme: Path, out: Path, tasks: list[str], models: dict[str, str]) -> str:
     """Markdown for the section: a header naming the models and device, then each task's table and plot."""
     payloads = {task: json.loads((out / f"{task}.json").read_text()) for task in tasks}
-    quality = [p for task, p in payloads.items() if task != "speed"]
-    budgets = sorted({m["kv_budget"] for p in quality for m in p["methods"] if m.get("kv_budget")})
+    quality = [p for task, p in payloads.items() if task not in RANDOM_SHAPE_TASKS]
+    budgets = sorted({m["kv_bytes"] for p in quality for m in p["methods"] if m.get("kv_bytes")})
+    entries = sorted({m["kv_budget"] for p in quality for m in p["methods"] if m.get("kv_budget")})
     device = quality[0]["device"] if quality else "—"
     lines = [
         "## Results",
@@ -58,8 +61,9 @@ def results_section(readme: Path, out: Path, tasks: list[str], models: dict[str,
         f"`{os.path.relpath(out, readme.parent)}/`; do not edit by hand._",
         "",
         f"Quality tasks: the BCT `{models['bct']}` against the HF model `{models['baseline']}` run as every "
-        f"baseline; bounded methods hold {', '.join(map(str, budgets)) or '—'} KV entries per layer and KV "
-        f"head, the BCT's capacity. Device: {device}.",
+        f"baseline; every bounded method holds {', '.join(f'{b:,}' for b in budgets) or '—'} bytes of KV "
+        f"cache, the BCT's ({', '.join(map(str, entries)) or '—'} entries per layer and stored head). "
+        f"Device: {device}.",
     ]
     summary = run_summary(models["bct"])
     if summary:
@@ -72,16 +76,18 @@ def results_section(readme: Path, out: Path, tasks: list[str], models: dict[str,
         )
     for task, payload in payloads.items():
         lines += ["", f"### {TITLES[task]}", ""]
-        shape = payload["settings"].get("shape") if task == "speed" else None
+        shape = payload["settings"].get("shape") if task in RANDOM_SHAPE_TASKS else None
         if payload["device"] != device:
             lines += [f"Device: {payload['device']}.", ""]
         if shape:
             capacity = shape["memory_slots"] + shape["window"] + shape["chunk_size"]
             lines += [
                 f"Random-weight models of the benchmark shape ({shape['num_hidden_layers']} layers × "
-                f"{shape['hidden_size']} hidden, vocabulary {shape['vocab_size']:,}; speed does not depend on the "
+                f"{shape['hidden_size']} hidden, {shape['num_attention_heads']} query heads on "
+                f"{shape['num_key_value_heads']} KV heads, vocabulary {shape['vocab_size']:,}; speed does not "
+                "depend on the "
                 f"weights): a BCT of capacity {capacity} ({shape['memory_slots']} slots + {shape['window']} "
-                f"window + {shape['chunk_size']} chunk) and a Llama run as every baseline at {capacity} entries.",
+                f"window + {shape['chunk_size']} chunk) and a Llama run as every baseline at the same KV bytes.",
                 "",
             ]
         image = os.path.relpath(out / f"{task}.png", readme.parent)

@@ -44,6 +44,22 @@ def pivot(rows: Sequence[dict[str, Any]], index: str, column: str, value: str) -
     return list(table.values())
 
 
+def kv_bytes_table(rows: Sequence[dict[str, Any]], methods: Sequence[Any]) -> str:
+    """Per method, the most KV bytes (KiB) it held over every row: after a prefill, after the last token fed,
+    and at the peak of a prefill (rows carry `kv_bytes_after_prefill`, `..._after_decode`, `..._peak_prefill`)."""
+    keys = ("kv_bytes_after_prefill", "kv_bytes_after_decode", "kv_bytes_peak_prefill")
+    table = []
+    for method in methods:
+        mine = [row for row in rows if row["label"] == method.label]
+        held = {k: max(row[k] for row in mine) / 1024 for k in keys} if mine else {}
+        table.append({"label": method.label, **held})
+    columns = [("label", "method", "{}"), (keys[0], "after prefill", "{:,.1f}")]
+    columns += [(keys[1], "after decoding", "{:,.1f}"), (keys[2], "peak in prefill", "{:,.1f}")]
+    return "KV cache KiB held (real tensor bytes, largest over the examples):\n\n" + markdown_table(
+        table, columns
+    )
+
+
 def write_json(path: str | Path, payload: dict[str, Any]) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

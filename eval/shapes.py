@@ -1,6 +1,6 @@
 """The benchmark shape shared by the speed and training benchmarks.
 
-4 layers × 256 hidden, 4 heads, vocab 32 000, tied embeddings; the BCT holds 32 slots + 64 window + 32 chunk
+4 layers × 256 hidden, 4 query heads sharing 2 KV heads (GQA), vocab 32 000, tied embeddings; the BCT holds 32 slots + 64 window + 32 chunk
 = 128 entries per layer and KV head, and every bounded baseline gets the same 128. Weights are random:
 speed does not depend on what the weights learned.
 """
@@ -18,7 +18,7 @@ SHAPE = {
     "intermediate_size": 688,
     "num_hidden_layers": 4,
     "num_attention_heads": 4,
-    "num_key_value_heads": 4,
+    "num_key_value_heads": 2,  # GQA: two query heads per KV head
     "tie_word_embeddings": True,
 }
 CAPACITY = {"memory_slots": 32, "window": 64, "chunk_size": 32}

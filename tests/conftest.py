@@ -1,5 +1,6 @@
-"""Shared test settings: offline Hub, offline wandb, `gpu` tests skipped (with a reason) without CUDA, and a
-test fails when transformers logs that it was handed an old cache name."""
+"""Shared test settings: offline Hub, offline wandb, tests that train marked `slow` (`make test-fast` skips
+them), `gpu` tests skipped (with a reason) without CUDA, and a test fails when transformers logs that it was
+handed an old cache name."""
 
 import logging
 import os
@@ -13,7 +14,14 @@ os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+# Fixtures that train a model or prepare a corpus (tests/train/conftest.py): a test using one is `slow`.
+TRAINING_FIXTURES = {"baseline", "baseline_metrics", "data_cache", "tiny_llama_hub_cache"}
+
+
 def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if TRAINING_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU; none on this machine")

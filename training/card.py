@@ -22,8 +22,8 @@ import torch
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from modeling import BCTForCausalLM
-from modeling.convert import SMOLLM2_ALIASES
 from training.config import sample_settings
+from training.init_source import SMOLLM2_ALIASES
 
 REPO = Path(__file__).resolve().parents[1]
 PROJECT_LICENSE = "apache-2.0"

@@ -7,7 +7,8 @@ processes, last metrics, and the training command without machine paths, for the
 
 Everything is written into `.tmp-step_N/` and renamed to `step_N/` only when every rank has finished,
 so a crash mid-save never leaves a complete-looking `step_N/`. `trainer_state.json` is written last
-and marks a checkpoint as complete.
+and marks a checkpoint as complete. Pruning renames a checkpoint to `.trash-step_N/` before deleting it,
+for the same reason, and never deletes the checkpoint just saved or the one the run resumed from.
 """
 
 from __future__ import annotations
@@ -32,6 +33,10 @@ def is_complete(path: Path) -> bool:
     return (path / STATE_FILE).is_file()
 
 
+def step_of(path: Path) -> int:
+    return int(path.name.removeprefix("step_"))
+
+
 def list_checkpoints(output_dir: str | Path) -> list[Path]:
     """Complete `step_N` folders, oldest first."""
     root = Path(output_dir)
@@ -43,17 +48,6 @@ def list_checkpoints(output_dir: str | Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def find_resume_checkpoint(cfg: RunConfig) -> Path | None:
-    """`resume: auto` -> newest complete checkpoint (or None); `none` -> None; a path -> that path."""
-    mode = cfg.resume_mode
-    if mode == "none":
-        return None
-    if mode == "auto":
-        found = list_checkpoints(cfg.output_dir)
-        return found[-1] if found else None
-    return Path(mode)
-
-
 def save_checkpoint(
     accelerator: Accelerator,
     cfg: RunConfig,
@@ -62,8 +56,11 @@ def save_checkpoint(
     loader: Any,
     tokenizer: Any,
     metrics: dict[str, float],
+    extra_state: dict[str, Any] | None = None,
+    protect: tuple[Path, ...] = (),
 ) -> Path:
-    """Write `output_dir/step_<step>/`. Collective: every rank must call it at the same step."""
+    """Write `output_dir/step_<step>/`. Collective: every rank must call it at the same step. `extra_state`
+    goes into trainer_state.json; `protect`: checkpoints that pruning must keep (the one resumed from)."""
     output_dir = Path(cfg.output_dir)
     final = output_dir / f"step_{step}"
     tmp = output_dir / f".tmp-step_{step}"
@@ -82,38 +79,64 @@ def save_checkpoint(
             "num_processes": accelerator.num_processes,
             "metrics": metrics,
             "command": portable_command(output_dir),
+            **(extra_state or {}),
         }
         (tmp / STATE_FILE).write_text(json.dumps(state, indent=2))
         if final.exists():  # the same step saved again (resumed at a step that was already saved)
-            shutil.rmtree(final)
+            _discard(final)
         tmp.rename(final)
-        prune(output_dir, cfg.train.keep_last)
+        prune(output_dir, cfg.train.keep_last, protect=(final, *protect))
     accelerator.wait_for_everyone()
     return final
 
 
-def prune(output_dir: str | Path, keep_last: int) -> None:
-    """Delete all but the newest `keep_last` complete checkpoints."""
+def prune(output_dir: str | Path, keep_last: int, protect: tuple[Path, ...] = ()) -> None:
+    """Delete all but the newest `keep_last` complete checkpoints, and never one in `protect`."""
+    kept = {p.resolve() for p in protect}
     for path in list_checkpoints(output_dir)[:-keep_last]:
-        shutil.rmtree(path)
+        if path.resolve() not in kept:
+            _discard(path)
+
+
+def _discard(path: Path) -> None:
+    """Rename, then delete: a kill midway leaves `.trash-step_N/`, never a half-deleted `step_N/`."""
+    trash = path.with_name(f".trash-{path.name}")
+    if trash.exists():
+        shutil.rmtree(trash)
+    path.rename(trash)
+    shutil.rmtree(trash)
 
 
 def remove_partial(output_dir: str | Path) -> None:
-    """Delete leftovers of interrupted saves (main process, before training starts)."""
+    """Delete leftovers of interrupted saves and prunes (main process, before training starts)."""
     root = Path(output_dir)
     if root.is_dir():
-        for path in root.glob(".tmp-step_*"):
+        for path in (*root.glob(".tmp-step_*"), *root.glob(".trash-step_*")):
             shutil.rmtree(path)
+
+
+def read_state(path: Path) -> dict[str, Any]:
+    """A checkpoint's trainer_state.json; ValueError when it is unreadable (e.g. cut short)."""
+    try:
+        state = json.loads((path / STATE_FILE).read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"{STATE_FILE} is unreadable ({err})") from err
+    if not isinstance(state, dict) or "step" not in state:
+        raise ValueError(f"{STATE_FILE} holds no step")
+    return state
 
 
 def load_checkpoint(accelerator: Accelerator, path: Path, loader: Any) -> dict[str, Any]:
     """Restore model/optimizer/scheduler/RNG and this rank's data position; return trainer_state."""
-    state = json.loads((path / STATE_FILE).read_text())
-    if state["num_processes"] != accelerator.num_processes:
+    state = read_state(path)
+    if state.get("num_processes") != accelerator.num_processes:
         raise RuntimeError(
-            f"{path} was written by {state['num_processes']} processes, this run has "
+            f"{path} was written by {state.get('num_processes')} processes, this run has "
             f"{accelerator.num_processes}: resume with the same number of processes"
         )
+    loader_file = path / f"loader_{accelerator.process_index}.pt"
+    if not loader_file.is_file():  # checked first: load_state below would change the model before failing
+        raise FileNotFoundError(f"{loader_file.name} is missing")
     accelerator.load_state(str(path))
-    loader.load_state_dict(torch.load(path / f"loader_{accelerator.process_index}.pt", weights_only=False))
+    loader.load_state_dict(torch.load(loader_file, weights_only=False))
     return state

@@ -14,23 +14,28 @@ from __future__ import annotations
 import json
 import os
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
+from pydantic import Field, model_validator
 
 from data import DataConfig
-from modeling import BCTConfig
-from modeling.convert import SMOLLM2_ALIASES, resolve_source
-from training.schema import (
+from data.schema import (
+    Bool,
     ConfigError,
-    apply_override,
-    from_dict,
-    parse_override,
-    to_dict,
+    Int,
+    Number,
+    Section,
+    Str,
+    allowed,
+    not_allowed,
+    refusal,
+    unknown_key,
     unknown_key_message,
 )
+from modeling import BCTConfig
+from training.init_source import SMOLLM2_ALIASES, resolve_source
 
 # BCT fields that make sense on top of a converted checkpoint (the rest of the architecture is the source's).
 CAPACITY_FIELDS = ("memory_slots", "window", "chunk_size")
@@ -40,62 +45,93 @@ _HF_BOOKKEEPING = ("model_type", "architectures", "auto_map", "transformers_vers
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 _BRANCH = re.compile(r"^[A-Za-z0-9_.][\w./-]*(?<![/.])$")
 
+AtLeastOne = Annotated[Int, allowed(lambda v: v >= 1, "an integer >= 1")]
+NotNegative = Annotated[Int, allowed(lambda v: v >= 0, "an integer >= 0")]
+ZeroIsOff = Annotated[Int, allowed(lambda v: v >= 0, "an integer >= 0 (0 = off)")]
 
-@dataclass
-class ModelConfig:
-    """`config`: a JSON file of BCTConfig fields. Any BCTConfig field may also be given inline here."""
 
-    open_field: ClassVar[str] = "fields"
+class ModelConfig(Section):
+    """`config`: a JSON file of BCTConfig fields. Any BCTConfig field may also be given inline here (kept in
+    `fields`; BCTConfig checks their values when the model config is built)."""
 
-    config: str | None = None
-    memory_slots: int | None = None
-    window: int | None = None
-    chunk_size: int | None = None
-    fields: dict[str, Any] = field(default_factory=dict)
+    model_config = {**Section.model_config, "extra": "allow"}
+    prefix: ClassVar[str] = "model"
+
+    config: Str | None = None
+    memory_slots: Int | None = None
+    window: Int | None = None
+    chunk_size: Int | None = None
 
     @classmethod
     def open_keys(cls) -> list[str]:
         names = [n for n in BCTConfig.__annotations__ if not n.startswith("_")]
         return sorted(set(names) - set(CAPACITY_FIELDS) | {"rope_theta"})
 
+    @model_validator(mode="before")
+    @classmethod
+    def _known_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            known = [*cls.model_fields, *cls.open_keys()]
+            for key in data:
+                if key not in known:
+                    raise unknown_key(key, known)
+        return data
 
-@dataclass
-class OptimConfig:
-    lr: float = 3e-4
+    @property
+    def fields(self) -> dict[str, Any]:
+        """The inline BCTConfig fields."""
+        return dict(self.model_extra or {})
+
+
+class OptimConfig(Section):
+    prefix: ClassVar[str] = "optim"
+
+    lr: Annotated[Number, allowed(lambda v: v >= 0, "a learning rate >= 0")] = 3e-4
     # Learning-rate multiplier for the memory write/gate parameters (`.memory.write.`): gates barely move
     # at the base rate (docs/design.md §7).
-    memory_lr_multiplier: float = 10.0
-    weight_decay: float = 0.1
-    betas: tuple[float, float] = (0.9, 0.95)
-    eps: float = 1e-8
-    warmup_steps: int = 100
-    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio at max_steps
-    grad_clip: float = 1.0  # max global grad norm; 0 = no clipping
+    memory_lr_multiplier: Annotated[Number, allowed(lambda v: v >= 0, "a number >= 0")] = 10.0
+    weight_decay: Annotated[Number, allowed(lambda v: v >= 0, "a number >= 0")] = 0.1
+    betas: Annotated[
+        tuple[Number, Number], allowed(lambda v: all(0 <= b < 1 for b in v), "two numbers in [0, 1)")
+    ] = (0.9, 0.95)
+    eps: Annotated[Number, allowed(lambda v: v > 0, "a number > 0")] = 1e-8
+    warmup_steps: NotNegative = 100
+    # cosine decays to lr * min_lr_ratio at max_steps
+    min_lr_ratio: Annotated[Number, allowed(lambda v: 0 <= v <= 1, "a number in [0, 1]")] = 0.1
+    # max global grad norm; 0 = no clipping
+    grad_clip: Annotated[Number, allowed(lambda v: v >= 0, "a number >= 0 (0 = no clipping)")] = 1.0
 
 
-@dataclass
-class TrainConfig:
-    micro_batch_size: int = 8  # sequences per process per forward
-    grad_accum: int = 1  # global batch = micro_batch_size * grad_accum * num_processes
-    eval_every: int = 500  # 0 = only at the end
-    eval_batches: int = 20  # validation batches of micro_batch_size x num_processes sequences
-    save_every: int = 1000  # 0 = only at the end (and on preemption)
-    keep_last: int = 3
-    log_every: int = 10
+class TrainConfig(Section):
+    prefix: ClassVar[str] = "train"
+
+    micro_batch_size: AtLeastOne = 8  # sequences per process per forward
+    grad_accum: AtLeastOne = 1  # global batch = micro_batch_size * grad_accum * num_processes
+    eval_every: ZeroIsOff = 500  # 0 = only at the end
+    eval_batches: ZeroIsOff = 20  # validation batches of micro_batch_size x num_processes sequences
+    save_every: ZeroIsOff = 1000  # 0 = only at the end (and on preemption)
+    keep_last: AtLeastOne = 3
+    log_every: AtLeastOne = 10
     mixed_precision: Literal["auto", "no", "bf16"] = "auto"  # auto: bf16 on a GPU that has it, else fp32
-    gradient_checkpointing: bool = False
-    compile: bool = False
+    gradient_checkpointing: Bool = False
+    compile: Bool = False
     # torch.set_num_threads for CPU work; null = torch's default (one per core). On a busy machine, threads
     # beyond the free cores wait on each other at every op: measured 8x slower steps with 2 threads on 2
     # busy cores than with 1.
-    cpu_threads: int | None = None
+    cpu_threads: Annotated[
+        Int | None, allowed(lambda v: v is None or v >= 1, "an integer >= 1, or null (torch's default)")
+    ] = None
+    # Updates with a non-finite loss or gradient norm skipped (gradients dropped) before the run stops;
+    # 0 = stop at the first one. Counted across resumes (docs/training.md, "Nothing is lost").
+    max_nonfinite_skips: NotNegative = 0
 
 
-@dataclass
-class TrackingConfig:
+class TrackingConfig(Section):
+    prefix: ClassVar[str] = "tracking"
+
     report_to: list[Literal["wandb", "tensorboard"]] | Literal["wandb", "tensorboard", "none"] = "none"
-    project: str | None = None  # default: $WANDB_PROJECT, else "bct"
-    run_name: str | None = None  # default: the output_dir's name
+    project: Str | None = None  # default: $WANDB_PROJECT, else "bct"
+    run_name: Str | None = None  # default: the output_dir's name
 
     @property
     def trackers(self) -> list[str]:
@@ -104,15 +140,16 @@ class TrackingConfig:
         return list(self.report_to)
 
 
-@dataclass
-class ExportConfig:
-    sample_prompt: str = "def "
-    max_new_tokens: int = 64  # 0 = no sample
+class ExportConfig(Section):
+    prefix: ClassVar[str] = "export"
+
+    sample_prompt: Str = "def "
+    max_new_tokens: NotNegative = 64  # 0 = no sample
     # How the end-of-run sample is drawn (`generate(do_sample=True, ...)` from a fixed seed); never greedy,
     # which loops on a small model.
-    temperature: float = 0.8
-    top_k: int = 50  # 0 = off
-    top_p: float = 1.0  # 1 = off
+    temperature: Annotated[Number, allowed(lambda v: v > 0, "a number > 0")] = 0.8
+    top_k: ZeroIsOff = 50
+    top_p: Annotated[Number, allowed(lambda v: 0 < v <= 1, "a number in (0, 1] (1 = off)")] = 1.0
 
 
 SAMPLING_FIELDS = ("temperature", "top_k", "top_p")
@@ -120,62 +157,122 @@ SAMPLING_FIELDS = ("temperature", "top_k", "top_p")
 
 def sample_settings(export: dict[str, Any]) -> dict[str, Any]:
     """The sampling settings of a saved `export:` section; a run saved before they existed gets the defaults."""
-    return {name: export.get(name, getattr(ExportConfig, name)) for name in SAMPLING_FIELDS}
+    defaults = ExportConfig()
+    return {name: export.get(name, getattr(defaults, name)) for name in SAMPLING_FIELDS}
 
 
-@dataclass
-class HubConfig:
+class HubConfig(Section):
     """Where and when `push_to_hub` uploads, in the manner of transformers.Trainer's `hub_strategy`:
     `end` the final export only; `every_save` also a Hub-ready export of each checkpoint as it is saved;
     `checkpoint` like every_save, and the checkpoint itself (resumable state) into `last-checkpoint/`.
     Uploads run in a background thread; a failed one is reported at the end and never fails the run."""
 
-    private: bool = False  # a new repo is created private (an existing repo keeps its visibility)
-    revision: str | None = None  # branch to push to (created from main if missing); null = main
+    prefix: ClassVar[str] = "hub"
+
+    private: Bool = False  # a new repo is created private (an existing repo keeps its visibility)
+    revision: Str | None = None  # branch to push to (created from main if missing); null = main
     strategy: Literal["end", "every_save", "checkpoint"] = "end"
 
 
-@dataclass
-class RunConfig:
-    output_dir: str = "runs/default"
-    max_steps: int = 1000
-    seed: int = 0
+class RunConfig(Section):
+    output_dir: Str = "runs/default"
+    max_steps: AtLeastOne = 1000
+    seed: NotNegative = 0
     # auto: the newest complete checkpoint in output_dir, if any | none | a step_N path
-    resume: str | None = "auto"
-    init_from: str | None = None  # HF folder | hub id | file.gguf | alias (SMOLLM2_ALIASES)
-    push_to_hub: str | None = None  # Hub repo id (`name` or `namespace/name`) to upload exports to
-    hub: HubConfig = field(default_factory=HubConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    tracking: TrackingConfig = field(default_factory=TrackingConfig)
-    export: ExportConfig = field(default_factory=ExportConfig)
+    resume: Str | None = "auto"
+    # Resume even though the model or data settings differ from the checkpoint's (the differences are printed).
+    resume_allow_changes: Bool = False
+    init_from: Str | None = None  # HF folder | hub id | file.gguf | alias (SMOLLM2_ALIASES)
+    push_to_hub: Str | None = None  # Hub repo id (`name` or `namespace/name`) to upload exports to
+    hub: HubConfig = Field(default_factory=HubConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig)
 
     @property
     def resume_mode(self) -> str:
         return "none" if self.resume in (None, "none") else self.resume
+
+    @model_validator(mode="after")
+    def _hub_needs_a_repo(self) -> RunConfig:
+        if self.push_to_hub is None:
+            for name, shown in (("strategy", "'end'"), ("private", "false"), ("revision", "null")):
+                value = getattr(self.hub, name)
+                if value != HubConfig.model_fields[name].default:
+                    raise not_allowed(f"hub.{name}", value, f"{shown} unless push_to_hub names a repo")
+        return self
 
 
 def load_run_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
     """YAML file (optional) + `key=value` overrides -> validated RunConfig. Raises ConfigError."""
     tree: dict[str, Any] = {}
     if path is not None:
-        if not Path(path).is_file():
-            raise ConfigError(f"--config {str(path)!r}: no such file")
-        tree = yaml.safe_load(Path(path).read_text()) or {}
-        if not isinstance(tree, dict):
-            raise ConfigError(f"--config {str(path)!r}: expected a YAML mapping at the top level")
+        tree = read_yaml(path, "--config")
     for text in overrides:
         keys, value = parse_override(text)
         apply_override(tree, keys, value)
-    cfg = from_dict(RunConfig, tree)
+    cfg = RunConfig.parse(tree)
     validate(cfg)
     return cfg
 
 
+def read_yaml(path: str | Path, name: str) -> dict[str, Any]:
+    """A YAML mapping from a file, or a ConfigError naming the file (`name` is the flag or field given it)."""
+    if not Path(path).is_file():
+        raise ConfigError(f"{name} {str(path)!r}: no such file")
+    try:
+        tree = yaml.safe_load(Path(path).read_text())
+    except yaml.YAMLError as err:
+        where = getattr(err, "problem_mark", None)
+        line = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
+        problem = getattr(err, "problem", None) or "not valid YAML"
+        raise ConfigError(f"{name} {str(path)!r}: not valid YAML{line}: {problem}") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{name} {str(path)!r}: cannot be read ({err})") from None
+    if tree is None:
+        return {}
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{name} {str(path)!r}: expected a YAML mapping at the top level")
+    return tree
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`a.b=value` -> (["a", "b"], value); the value is read as YAML (`3`, `true`, `[a, b]`, `null`)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override {text!r}: expected key=value, e.g. max_steps=20 or model.window=64")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def apply_override(tree: dict[str, Any], keys: list[str], value: Any) -> None:
+    """Set `tree[k0][k1]...[kn] = value`, creating sections; key names are checked by the schema."""
+    node = tree
+    for i, key in enumerate(keys[:-1]):
+        child = node.get(key)
+        if child is None:
+            child = node[key] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(
+                f"override {'.'.join(keys)}: {'.'.join(keys[: i + 1])} is a value, not a section"
+            )
+        node = child
+    node[keys[-1]] = value
+
+
+def config_dict(cfg: RunConfig) -> dict[str, Any]:
+    """Plain data (lists, not tuples) of a run config: what is saved as config.yaml and logged."""
+    return cfg.model_dump(mode="json")
+
+
 def save_run_config(cfg: RunConfig, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    Path(path).write_text(yaml.safe_dump(config_dict(cfg), sort_keys=False))
 
 
 def flat_config(cfg: RunConfig) -> dict[str, Any]:
@@ -189,12 +286,12 @@ def flat_config(cfg: RunConfig) -> dict[str, Any]:
         else:
             out[prefix] = node if isinstance(node, (int, float, str, bool)) else str(node)
 
-    walk("", to_dict(cfg))
+    walk("", config_dict(cfg))
     return out
 
 
 def resolve_init_source(init_from: str) -> tuple[str, str | None]:
-    """`init_from` -> (folder or hub id, gguf file name inside it or None); see `modeling.convert.resolve_source`."""
+    """`init_from` -> (folder or hub id, gguf file name inside it or None); see `training.init_source`."""
     try:
         return resolve_source(init_from)
     except FileNotFoundError as err:
@@ -234,36 +331,11 @@ def conversion_kwargs(cfg: RunConfig) -> dict[str, Any]:
 
 
 def validate(cfg: RunConfig) -> None:
-    """Every check that needs no model, data or process group. Raises ConfigError on the first problem."""
-    _require(cfg.max_steps >= 1, "max_steps", cfg.max_steps, "an integer >= 1")
-    _require(cfg.seed >= 0, "seed", cfg.seed, "an integer >= 0")
-    o, t = cfg.optim, cfg.train
-    _require(o.lr >= 0, "optim.lr", o.lr, "a learning rate >= 0")
-    _require(
-        o.memory_lr_multiplier >= 0, "optim.memory_lr_multiplier", o.memory_lr_multiplier, "a number >= 0"
-    )
-    _require(o.weight_decay >= 0, "optim.weight_decay", o.weight_decay, "a number >= 0")
-    _require(all(0 <= b < 1 for b in o.betas), "optim.betas", list(o.betas), "two numbers in [0, 1)")
-    _require(o.eps > 0, "optim.eps", o.eps, "a number > 0")
-    _require(o.warmup_steps >= 0, "optim.warmup_steps", o.warmup_steps, "an integer >= 0")
-    _require(0 <= o.min_lr_ratio <= 1, "optim.min_lr_ratio", o.min_lr_ratio, "a number in [0, 1]")
-    _require(o.grad_clip >= 0, "optim.grad_clip", o.grad_clip, "a number >= 0 (0 = no clipping)")
-    for name in ("micro_batch_size", "grad_accum", "keep_last", "log_every"):
-        _require(getattr(t, name) >= 1, f"train.{name}", getattr(t, name), "an integer >= 1")
-    for name in ("eval_every", "eval_batches", "save_every"):
-        _require(getattr(t, name) >= 0, f"train.{name}", getattr(t, name), "an integer >= 0 (0 = off)")
-    _require(
-        t.cpu_threads is None or t.cpu_threads >= 1,
-        "train.cpu_threads",
-        t.cpu_threads,
-        "an integer >= 1, or null (torch's default)",
-    )
-    e = cfg.export
-    _require(e.max_new_tokens >= 0, "export.max_new_tokens", e.max_new_tokens, "an integer >= 0")
-    _require(e.temperature > 0, "export.temperature", e.temperature, "a number > 0")
-    _require(e.top_k >= 0, "export.top_k", e.top_k, "an integer >= 0 (0 = off)")
-    _require(0 < e.top_p <= 1, "export.top_p", e.top_p, "a number in (0, 1] (1 = off)")
-    _validate_hub(cfg)
+    """The checks the schema cannot make (files, checkpoints, the model the fields describe), all without a
+    model, data or process group. Raises ConfigError on the first problem."""
+    if cfg.push_to_hub is not None:
+        check_hub_target(cfg.push_to_hub, cfg.hub.revision)
+    _validate_output_dir(cfg.output_dir)
     _validate_resume(cfg)
     model_config = _validate_model(cfg)
     _require(
@@ -275,21 +347,8 @@ def validate(cfg: RunConfig) -> None:
     vocab_size = model_config.vocab_size if cfg.init_from is None else None
     try:
         cfg.data.validate(chunk_size=model_config.chunk_size, model_vocab_size=vocab_size)
-    except (ValueError, FileNotFoundError) as err:
+    except FileNotFoundError as err:
         raise ConfigError(str(err)) from err
-
-
-def _validate_hub(cfg: RunConfig) -> None:
-    if cfg.push_to_hub is None:
-        for name, default, shown in (
-            ("strategy", "end", "'end'"),
-            ("private", False, "false"),
-            ("revision", None, "null"),
-        ):
-            value = getattr(cfg.hub, name)
-            _require(value == default, f"hub.{name}", value, f"{shown} unless push_to_hub names a repo")
-        return
-    check_hub_target(cfg.push_to_hub, cfg.hub.revision)
 
 
 def check_hub_target(
@@ -310,6 +369,18 @@ def check_hub_target(
         revision,
         "null (main) or a branch name of letters, digits and . _ - / (not starting with - or /)",
     )
+
+
+def _validate_output_dir(output_dir: str) -> None:
+    path = Path(output_dir).expanduser()
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"output_dir = {output_dir!r} is a file: expected a folder (created if missing)")
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(
+            f"output_dir = {output_dir!r} is not writable ({existing} belongs to someone else or is read-only): "
+            "choose a folder you can write to"
+        )
 
 
 def _validate_resume(cfg: RunConfig) -> None:
@@ -359,11 +430,22 @@ def _validate_init_from(init_from: str) -> None:
         _require((Path(folder) / gguf_file).is_file(), "init_from", init_from, "an existing .gguf file")
         return
     if Path(folder).expanduser().exists():
+        config_file = Path(folder).expanduser() / "config.json"
         _require(
-            (Path(folder).expanduser() / "config.json").is_file(),
+            config_file.is_file(),
             "init_from",
             init_from,
             "a folder holding a Hugging Face causal LM (config.json + weights)",
+        )
+        try:
+            fields = json.loads(config_file.read_text())
+        except (OSError, ValueError) as err:
+            raise ConfigError(f"init_from = {init_from!r}: {config_file} is not valid JSON ({err})") from None
+        _require(
+            isinstance(fields, dict) and "model_type" in fields,
+            "init_from",
+            init_from,
+            f"a Hugging Face model folder, but {config_file} names no model_type",
         )
         return
     looks_like_path = folder.startswith(("/", ".", "~")) or folder.count("/") > 1 or not _HUB_ID.match(folder)
@@ -389,6 +471,6 @@ def _build_config(kwargs: dict[str, Any]) -> BCTConfig:
         raise ConfigError(str(err).replace("BCTConfig.", "model.")) from err
 
 
-def _require(ok: bool, where: str, value: Any, allowed: str) -> None:
+def _require(ok: bool, where: str, value: Any, allowed_text: str) -> None:
     if not ok:
-        raise ConfigError(f"{where} = {value!r} is not allowed: expected {allowed}.")
+        raise refusal(where, value, allowed_text)

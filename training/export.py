@@ -104,7 +104,10 @@ def checkpoint_to_export(source: str | Path, out: str | Path | None = None) -> t
         step_dir = found[-1]
     newest = list_checkpoints(step_dir.parent)[-1:] == [step_dir]
     default = step_dir.parent / ("export" if newest else f"export-{step_dir.name}")
-    return step_dir, Path(out) if out is not None else default
+    out = Path(out) if out is not None else default
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"--out {str(out)!r} is a file: give a folder (it is created if missing)")
+    return step_dir, out
 
 
 def export_checkpoint(

@@ -22,9 +22,9 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 
-from training.config import check_hub_target
+from data.schema import ConfigError
+from training.config import check_hub_target, config_dict
 from training.export import checkpoint_to_export, export_checkpoint, export_from_accelerator
-from training.schema import ConfigError, to_dict
 
 STAGING = ".hub"  # under output_dir: copies being uploaded
 
@@ -171,7 +171,7 @@ def push_save(
     staging = Path(cfg.output_dir) / STAGING / step_dir.name
     if step < cfg.max_steps:
         export_from_accelerator(
-            accelerator, model, tokenizer, staging / "model", to_dict(cfg), metrics, None, step
+            accelerator, model, tokenizer, staging / "model", config_dict(cfg), metrics, None, step
         )
         uploader.submit(
             f"step {step} model", staging / "model", f"Training in progress, step {step}", staged=True
@@ -210,10 +210,18 @@ def export_and_push(
         if repo_id is not None:
             check_hub_target(repo_id, revision, names=("--push-to-hub", "--revision"))
         step_dir, out = checkpoint_to_export(source, out)
-    except (ConfigError, FileNotFoundError) as err:
+    except (ConfigError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    export_dir = export_checkpoint(step_dir, out, repo_id, revision)
+    try:
+        export_dir = export_checkpoint(step_dir, out, repo_id, revision)
+    except Exception as err:  # a damaged checkpoint: safetensors, JSON, YAML and torch all raise their own
+        reason = f"{type(err).__name__}: {err}".splitlines()[0]
+        print(
+            f"error: checkpoint {step_dir} cannot be exported ({reason}); try an older step_N",
+            file=sys.stderr,
+        )
+        return 2
     print(f"export: {export_dir} (from {step_dir})")
     if repo_id is None:
         return 0

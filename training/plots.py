@@ -29,7 +29,10 @@ def plot_metrics(records: list[dict[str, Any]], path: str | Path, title: str | N
     drawn = []
     for ax, (heading, names) in zip(axes, panels):
         for name in names:
-            points = [(r["step"], r[name]) for r in records if name in r and math.isfinite(r[name])]
+            # null: a non-finite value (training/tracking.py)
+            points = [
+                (r["step"], r[name]) for r in records if r.get(name) is not None and math.isfinite(r[name])
+            ]
             if not points:
                 continue
             steps, values = zip(*points)

@@ -8,7 +8,9 @@ resumed run continues the same wandb run.
 from __future__ import annotations
 
 import json
+import math
 import os
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -19,7 +21,8 @@ from training.config import RunConfig, flat_config
 
 
 class MetricsFile:
-    """One JSON object per line: {"step": N, "train/loss": ..., ...}. Main process only."""
+    """One JSON object per line: {"step": N, "train/loss": ..., ...}. Main process only. A non-finite value
+    is written as null (bare NaN is not JSON), and a line cut short by a killed run is dropped on resume."""
 
     def __init__(self, path: str | Path, enabled: bool) -> None:
         self.path = Path(path)
@@ -28,18 +31,39 @@ class MetricsFile:
     def log(self, record: dict[str, Any]) -> None:
         if self.enabled:
             with self.path.open("a") as f:
-                f.write(json.dumps(record) + "\n")
+                f.write(json.dumps(_finite_or_null(record), allow_nan=False) + "\n")
 
     def truncate_after(self, step: int) -> None:
         """On resume: drop records of steps after the checkpoint (they will be logged again)."""
         if not (self.enabled and self.path.is_file()):
             return
-        kept = [line for line in self.path.read_text().splitlines() if json.loads(line)["step"] <= step]
+        kept = [json.dumps(r) for r in read_metrics(self.path) if r["step"] <= step]
         self.path.write_text("".join(line + "\n" for line in kept))
+
+    def set_aside(self) -> Path | None:
+        """A fresh run (nothing resumed) in a folder with an old metrics.jsonl: rename that file to
+        `metrics.before-<time>.jsonl`, so its rows are kept and not mixed with the new run's."""
+        if not (self.enabled and self.path.is_file()):
+            return None
+        stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(self.path.stat().st_mtime))
+        kept = self.path.with_name(f"metrics.before-{stamp}.jsonl")
+        self.path.rename(kept)
+        return kept
+
+
+def _finite_or_null(record: dict[str, Any]) -> dict[str, Any]:
+    return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in record.items()}
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    """The records of a metrics.jsonl; a line that does not parse (a run killed mid-write) is skipped."""
+    records = []
+    for line in Path(path).read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
 
 
 def init_trackers(accelerator: Accelerator, cfg: RunConfig) -> None:

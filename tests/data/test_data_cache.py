@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -40,7 +39,7 @@ def test_cache_is_reused(dir_cfg, tokenizer, monkeypatch):
 
 def test_cache_invalidated_by_tokenizer(dir_cfg, tokenizer):
     first = prepare_corpus(dir_cfg, tokenizer)
-    other = build_tokenizer(replace(dir_cfg, vocab_size=300))
+    other = build_tokenizer(dir_cfg.replace(vocab_size=300))
     second = prepare_corpus(dir_cfg, other)
     assert not second.stats["cache_hit"] and second.stats["cache_dir"] != first.stats["cache_dir"]
     assert not torch.equal(first.train[:1], second.train[:1])
@@ -55,7 +54,7 @@ def test_cache_invalidated_by_source(dir_cfg, text_dir, tokenizer):
 
 def test_cache_invalidated_by_seq_len(dir_cfg, tokenizer):
     first = prepare_corpus(dir_cfg, tokenizer)
-    second = prepare_corpus(replace(dir_cfg, seq_len=16), tokenizer)
+    second = prepare_corpus(dir_cfg.replace(seq_len=16), tokenizer)
     assert not second.stats["cache_hit"] and second.stats["cache_dir"] != first.stats["cache_dir"]
     assert second.train.shape[1] == 16
     # Same token stream, cut differently.

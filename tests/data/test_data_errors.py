@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 
 import datasets
 import pytest
@@ -134,7 +133,7 @@ def test_mqar_does_not_fit_seq_len():
 
 
 def test_passkey_does_not_fit_seq_len(small_cfg, tokenizer, corpus):
-    cfg = replace(small_cfg, synthetic_fraction=0.5, synthetic_tasks=["passkey"])
+    cfg = small_cfg.replace(synthetic_fraction=0.5, synthetic_tasks=["passkey"])
     with pytest.raises(ValueError, match=r"data\.seq_len = 64 .*passkey"):
         build_train_loader(cfg, corpus, tokenizer, batch_size=2, seed=0, rank=0, world_size=1)
 
@@ -151,7 +150,7 @@ def test_single_document_cannot_be_split(tmp_path, texts, tokenizer):
     )
     with pytest.raises(ValueError, match=r"data\.validation_fraction = 0\.1 .*1 document\(s\) would all go"):
         prepare_corpus(cfg, tokenizer)
-    assert prepare_corpus(replace(cfg, validation_fraction=0.0), tokenizer).validation.shape == (0, 32)
+    assert prepare_corpus(cfg.replace(validation_fraction=0.0), tokenizer).validation.shape == (0, 32)
 
 
 def test_seq_len_longer_than_corpus(tmp_path, text_dir, tokenizer):

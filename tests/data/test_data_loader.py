@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import numpy as np
 import pytest
 import torch
@@ -94,8 +92,8 @@ def test_resume_continues_with_the_next_batch(k):
 
 
 def test_resume_with_synthetic_mixing(small_cfg, corpus, tokenizer):
-    cfg = replace(
-        small_cfg, synthetic_fraction=0.5, synthetic_tasks=["mqar"], mqar_num_pairs=8, mqar_num_queries=4
+    cfg = small_cfg.replace(
+        synthetic_fraction=0.5, synthetic_tasks=["mqar"], mqar_num_pairs=8, mqar_num_queries=4
     )
 
     def loader():
@@ -114,7 +112,7 @@ def test_resume_with_synthetic_mixing(small_cfg, corpus, tokenizer):
 
 def test_synthetic_rows_replace_about_the_fraction(small_cfg):
     # A longer seq_len, so that passkey fits next to MQAR.
-    cfg = replace(small_cfg, seq_len=256, synthetic_fraction=0.25)
+    cfg = small_cfg.replace(seq_len=256, synthetic_fraction=0.25)
     tokenizer = build_tokenizer(cfg)
     packed = prepare_corpus(cfg, tokenizer)
     loader = build_train_loader(cfg, packed, tokenizer, batch_size=8, seed=0, rank=0, world_size=1)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import datasets
 import numpy as np
 import pytest
@@ -55,8 +53,7 @@ def test_streaming_ranks_are_disjoint_and_cover_the_train_side(stream_cfg, token
 @pytest.mark.parametrize("where", ["mid-epoch", "across-epochs"])
 @pytest.mark.parametrize("fraction", [0.0, 0.5], ids=["plain", "synthetic"])
 def test_streaming_resume_is_exact(stream_cfg, tokenizer, where, fraction):
-    cfg = replace(
-        stream_cfg,
+    cfg = stream_cfg.replace(
         synthetic_fraction=fraction,
         synthetic_tasks=["mqar"],
         mqar_num_pairs=4,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -53,7 +52,7 @@ def test_bpe_is_cached_and_reused(small_cfg, tokenizer, monkeypatch):
 
 
 def test_bpe_is_retrained_when_vocab_size_changes(small_cfg, tokenizer):
-    other = build_tokenizer(replace(small_cfg, vocab_size=300))
+    other = build_tokenizer(small_cfg.replace(vocab_size=300))
     assert other.name_or_path != tokenizer.name_or_path
     assert len(other) == 300
 

@@ -19,7 +19,7 @@ from transformers import (
 )
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from eval.methods import LoadedModel
+from eval.contenders.methods import LoadedModel
 from modeling import BCTConfig, BCTForCausalLM
 from modeling.cache import CACHE_ARG
 

@@ -5,14 +5,20 @@ import pytest
 import torch
 from transformers import DynamicCache
 
-from eval.baselines.sink_cache import SinkCache, forward_blocks
-from eval.baselines.sliding import sliding_window_cache, sliding_window_model
-from eval.methods import make_method
+from eval.contenders.baselines.sink_cache import SinkCache, forward_blocks
+from eval.contenders.baselines.sliding import sliding_window_cache, sliding_window_model
+from eval.contenders.kv_bytes import entry_bytes
+from eval.contenders.methods import make_method
 from modeling.cache import CACHE_ARG
 
 from .conftest import tiny_llama
 
 BUDGET = 24
+
+
+def budget_bytes(loaded, entries: int = BUDGET) -> int:
+    """The KV bytes that buy `entries` entries per layer and KV head of this model (float32)."""
+    return entry_bytes(loaded.model.config, torch.float32) * entries
 
 
 def stream_logits(method, ids, cache=None):
@@ -25,8 +31,9 @@ def test_bounded_caches_hold_their_budget(llama):
     config = llama.model.config
     head_dim = config.hidden_size // config.num_attention_heads
     new_key = torch.randn(1, config.num_key_value_heads, 1, head_dim)
-    for key, stored, visible in (("sinks", BUDGET, BUDGET), ("sliding", BUDGET - 1, BUDGET)):
-        method = make_method(llama, key, BUDGET, segment=16)
+    # Both hold exactly the budget between steps; a sliding-window query also sees itself beyond it.
+    for key, stored, visible in (("sinks", BUDGET, BUDGET), ("sliding", BUDGET, BUDGET + 1)):
+        method = make_method(llama, key, budget_bytes(llama), segment=16)
         _, cache = stream_logits(method, ids)
         assert [layer.keys.shape[-2] for layer in cache.layers] == [stored] * config.num_hidden_layers, key
         # What the attention gets in the next decode step, from the layer's own update (the model's path):
@@ -78,7 +85,7 @@ def test_sliding_window_sees_only_its_window(tokenizer):
 def test_bounded_baselines_generate_like_full_attention_while_the_context_fits(llama, key):
     prompt = torch.randint(0, 300, (1, 9), generator=torch.Generator().manual_seed(4))
     full = make_method(llama, "full", None)
-    bounded = make_method(llama, key, BUDGET)
+    bounded = make_method(llama, key, budget_bytes(llama))
     settings = dict(max_new_tokens=BUDGET - 9, do_sample=False, pad_token_id=0)
     expected = full.model.generate(prompt, **{CACHE_ARG: full.new_cache()}, **settings)
     got = bounded.model.generate(prompt, **{CACHE_ARG: bounded.new_cache()}, **settings)

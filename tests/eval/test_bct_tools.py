@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from eval.methods import close_writes, make_method
-from eval.to_llama import bct_to_llama
+from eval.contenders.methods import close_writes, make_method
+from eval.tools.to_llama import bct_to_llama
 
 from .conftest import tiny_bct
 

@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from transformers.cache_utils import Cache, DynamicSlidingWindowLayer
 
 from data import passkey_min_length
-from eval import mqar, passkey, perplexity
-from eval.methods import make_method
+from eval.contenders.methods import make_method
+from eval.tasks import mqar, passkey, perplexity
 
 from .conftest import prose
 

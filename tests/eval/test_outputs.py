@@ -9,17 +9,20 @@ from pathlib import Path
 import pytest
 
 from data import passkey_min_length
-from eval import bench_all
+from eval.tools import bench_all
 
 from .conftest import tiny_bct, tiny_llama
 
-COMMON_KEYS = {"task", "command", "schema", "device", "methods", "settings", "rows"}
+COMMON_KEYS = {"task", "command", "schema", "device", "reference", "methods", "settings", "rows"}
+KV_BYTES = {"kv_bytes_after_prefill", "kv_bytes_after_decode", "kv_bytes_peak_prefill"}
 ROW_KEYS = {
     "perplexity": {"method", "label", "bucket_start", "bucket_end", "tokens", "loss", "ppl"},
-    "passkey": {"method", "label", "context", "depth", "samples", "correct", "accuracy"},
-    "mqar": {"method", "label", "num_pairs", "num_queries", "seq_len", "samples", "correct", "total", "accuracy"},
+    "passkey": {"method", "label", "context", "depth", "samples", "correct", "accuracy", *KV_BYTES},
+    "mqar": {"method", "label", "num_pairs", "num_queries", "seq_len", "samples", "correct", "total", "accuracy",
+             *KV_BYTES},
     "speed": {"method", "label", "context", "prefill_s", "prefill_mode", "one_call_prefill_s", "ms_per_token",
-              "cache_bytes", "cache_bytes_after_decode", "cache_MiB", "kv_entries"},
+              "cache_bytes", "cache_bytes_after_decode", "peak_prefill_bytes", "cache_MiB", "kv_entries"},
+    "ttft": {"method", "label", "context", "ttft_s", "peak_prefill_bytes", "cache_bytes"},
 }  # fmt: skip
 README = (
     "# Project\n\nintro text\n\n<!-- results:begin -->\nold results\n<!-- results:end -->\n\nfooter text\n"
@@ -52,16 +55,18 @@ def test_bench_all_writes_every_output_and_the_readme_section(exports, tmp_path,
         assert on_disk["task"] == task and on_disk["schema"] == 1
         assert on_disk["command"].startswith(f"python -m eval {task} ")
         assert all(ROW_KEYS[task] <= set(row) for row in on_disk["rows"]), task
-        assert all({"key", "label", "model", "kv_budget"} <= set(m) for m in on_disk["methods"])
+        assert all({"key", "label", "model", "kv_bytes", "kv_budget"} <= set(m) for m in on_disk["methods"])
+        assert on_disk["reference"].startswith("github.com/dongwonjo/FastKV@")
         markdown = (out / f"{task}.md").read_text()
         assert markdown.startswith(f"`{on_disk['command']}`\n\n") and "|---:|" in markdown
         png = (out / f"{task}.png").read_bytes()
         assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
 
     keys = {m["key"] for m in payloads["passkey"]["methods"]}
-    assert keys == {"bct", "bct-writes-closed", "full", "sliding", "sinks", "fastkv"}
+    assert keys == {"bct", "bct-writes-closed", "full", "sliding", "sinks", "snapkv", "fastkv"}
     assert {m["kv_budget"] for m in payloads["passkey"]["methods"] if m["key"] != "full"} == {28}
-    assert {m["key"] for m in payloads["perplexity"]["methods"]} == keys - {"fastkv"}
+    assert len({m["kv_bytes"] for m in payloads["passkey"]["methods"] if m["key"] != "full"}) == 1
+    assert {m["key"] for m in payloads["perplexity"]["methods"]} == keys - {"snapkv", "fastkv"}
 
     text = readme.read_text()
     assert text.startswith("# Project\n\nintro text\n\n<!-- results:begin -->\n")

@@ -11,7 +11,8 @@ import torch
 from torch import nn
 
 from data.recall import bucket_of, distance_buckets, make_recall_batch
-from eval import recall, recall_study
+from eval.tasks import recall
+from eval.tools import recall_study
 
 
 @pytest.mark.parametrize(

@@ -122,11 +122,12 @@ def test_unsupported_architecture_lists_the_supported_ones():
 def test_smollm2_gguf_conversion_keeps_greedy_continuation():
     from transformers import AutoTokenizer
 
-    from modeling.convert import load_source, resolve_source
+    from modeling.convert import load_source
+    from training.init_source import resolve_source
 
     path, gguf = resolve_source("smollm2")
     tokenizer = AutoTokenizer.from_pretrained(path, gguf_file=gguf)
-    source = load_source("smollm2")
+    source = load_source(path, gguf)
     bct = convert_to_bct(source, memory_slots=0, window=64, chunk_size=32)
     ids = tokenizer("The capital of France is", return_tensors="pt").input_ids
     expected = source.generate(ids, max_new_tokens=12, do_sample=False)
@@ -146,8 +147,9 @@ def test_smollm2_gguf_conversion_with_the_shipped_capacity_keeps_the_loss():
 
     from transformers import AutoTokenizer
 
-    from modeling.convert import load_source, resolve_source
+    from modeling.convert import load_source
     from training.config import conversion_kwargs, load_run_config
+    from training.init_source import resolve_source
 
     cfg = load_run_config(Path(__file__).parents[2] / "configs/continue_smollm2.yaml")
     kwargs = conversion_kwargs(cfg)
@@ -156,7 +158,7 @@ def test_smollm2_gguf_conversion_with_the_shipped_capacity_keeps_the_loss():
     tokenizer = AutoTokenizer.from_pretrained(path, gguf_file=gguf)
     texts = [Path(module.__file__).read_text() for module in (textwrap, json.decoder)]
     ids = torch.stack([tokenizer(text, return_tensors="pt").input_ids[0, :512] for text in texts])
-    source = load_source(cfg.init_from)
+    source = load_source(path, gguf)
     bct = convert_to_bct(source, **kwargs)
     expected = cross_entropy(source(ids).logits, ids)
     assert abs(cross_entropy(bct(ids, use_cache=False).logits, ids) / expected - 1) <= 0.01

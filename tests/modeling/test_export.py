@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from .conftest import TINY, tiny_model
@@ -41,6 +42,7 @@ print(json.dumps(out))
 """
 
 
+@pytest.mark.slow
 def test_export_loads_in_fresh_process_and_generates(tmp_path):
     model = tiny_model(pad_token_id=0)
     model.save_pretrained(tmp_path)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -81,3 +83,32 @@ def losses(metrics: list[dict]) -> dict[int, float]:
 def copy_checkpoint(src: Path, dst_run: Path) -> Path:
     dst_run.mkdir(parents=True, exist_ok=True)
     return Path(shutil.copytree(src, dst_run / src.name))
+
+
+def start_train(args: list[str], prefix: list[str] | None = None, **env: str) -> subprocess.Popen:
+    """`train.py` started in the background (single process unless `prefix`, e.g. `launch_prefix("ddp")`),
+    output piped: for tests that signal or kill it mid-run."""
+    return subprocess.Popen(
+        [*(prefix or launch_prefix("single")), "train.py", *args],
+        cwd=REPO,
+        env=train_env(**env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def wait_for_step(metrics: Path, step: int, proc: subprocess.Popen, timeout: float = 300) -> None:
+    """Wait until `metrics` (a run's metrics.jsonl) has logged `step`; fail if `proc` ends first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if metrics.is_file() and any(
+            json.loads(line).get("step", -1) >= step
+            for line in metrics.read_text().splitlines()
+            if line.strip()
+        ):
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"run ended early:\n{proc.communicate()[1][-3000:]}")
+        time.sleep(0.1)
+    raise AssertionError("timed out waiting for training steps")

@@ -21,13 +21,12 @@ from training.card import (
     portable_command,
     write_model_card,
 )
-from training.config import load_run_config
+from training.config import config_dict, load_run_config
 from training.hub import HubUploader
-from training.schema import to_dict
 
 
 def _run_config(out, *overrides):
-    return to_dict(
+    return config_dict(
         load_run_config(
             REPO / "configs" / "debug.yaml", [f"output_dir={out}", "data.cache_dir=c", *overrides]
         )

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from data.schema import ConfigError
 from tests.train.runner import REPO, run_train
 from training.config import load_run_config, save_run_config
-from training.schema import ConfigError
 
 DEBUG = REPO / "configs" / "debug.yaml"
 
@@ -53,6 +53,8 @@ def test_overrides_reach_every_section():
         ),
         pytest.param("train.compile=3", ["train.compile = 3", "true/false"], id="wrong-type-bool"),
         pytest.param("optim.lr=-0.001", ["optim.lr = -0.001", "a learning rate >= 0"], id="negative-lr"),
+        pytest.param("optim.lr=.inf", ["optim.lr = inf", "a learning rate >= 0"], id="infinite-lr"),
+        pytest.param("optim.eps=.nan", ["optim.eps = nan", "a number > 0"], id="nan-eps"),
         pytest.param(
             "data.seq_len=100",
             ["data.seq_len = 100", "multiple of model.chunk_size=16"],
@@ -148,11 +150,20 @@ def test_saved_config_reloads_identically(tmp_path):
 
 
 @pytest.mark.parametrize("path", sorted(p.name for p in (REPO / "configs").glob("*.yaml")))
-def test_shipped_configs_validate(path, tiny_llama_dir):
+def test_shipped_configs_validate(path, tiny_llama_dir, monkeypatch):
     # The multi-GPU template names a Hub model; offline, point it at a local checkpoint of the same family.
     overrides = [f"init_from={tiny_llama_dir}"] if "multigpu" in path else []
+    # The GPU configs stream Hub datasets: validate them as a machine online would (nothing is downloaded).
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     cfg = load_run_config(REPO / "configs" / path, overrides)
     assert cfg.max_steps >= 1
+
+
+def test_uncached_hub_dataset_offline_is_refused_up_front(monkeypatch):
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    with pytest.raises(ConfigError, match=r"data.source = 'hf:nobody/no-such-set' .*local datasets cache"):
+        load("data.source=hf:nobody/no-such-set")
 
 
 def test_bad_config_fails_before_anything_heavy(tmp_path):

@@ -2,23 +2,19 @@
 
 from __future__ import annotations
 
-import json
 import signal
-import subprocess
-import time
-from pathlib import Path
 
 import pytest
 import torch
 
 from tests.train.runner import (
-    REPO,
     copy_checkpoint,
     debug_args,
     launch_prefix,
     losses,
     run_train,
-    train_env,
+    start_train,
+    wait_for_step,
 )
 from training.checkpoint import list_checkpoints, prune, remove_partial
 from training.tracking import read_metrics
@@ -40,31 +36,11 @@ def test_resume_from_step_10_matches_the_straight_run(baseline, baseline_metrics
     assert a == b and a["batch"] == 20
 
 
-def _wait_for_step(metrics: Path, step: int, proc: subprocess.Popen, timeout: float = 300) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if metrics.is_file() and any(
-            json.loads(line)["step"] >= step for line in metrics.read_text().splitlines()
-        ):
-            return
-        if proc.poll() is not None:
-            raise AssertionError(f"run ended early:\n{proc.communicate()[1][-3000:]}")
-        time.sleep(0.2)
-    raise AssertionError("timed out waiting for training steps")
-
-
 def test_sigterm_saves_and_resume_auto_completes(data_cache, tmp_path):
     run = tmp_path / "run"
     args = debug_args(run, data_cache, "max_steps=60", "train.save_every=0", "train.eval_every=0")
-    proc = subprocess.Popen(
-        [*launch_prefix("single"), "train.py", *args],
-        cwd=REPO,
-        env=train_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    _wait_for_step(run / "metrics.jsonl", 3, proc)
+    proc = start_train(args)
+    wait_for_step(run / "metrics.jsonl", 3, proc)
     proc.send_signal(signal.SIGTERM)
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 0, stderr[-3000:]
@@ -94,15 +70,8 @@ def test_sigterm_to_one_rank_stops_both_at_the_same_step(data_cache, tmp_path):
         "train.save_every=0",
         "train.eval_every=0",
     )
-    proc = subprocess.Popen(
-        [*launch_prefix("ddp"), "train.py", *args],
-        cwd=REPO,
-        env=train_env(ACCELERATE_USE_CPU="1"),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    _wait_for_step(run / "metrics.jsonl", 3, proc)
+    proc = start_train(args, launch_prefix("ddp"), ACCELERATE_USE_CPU="1")
+    wait_for_step(run / "metrics.jsonl", 3, proc)
     workers = [
         p for p in psutil.Process(proc.pid).children(recursive=True) if "train.py" in " ".join(p.cmdline())
     ]

@@ -20,7 +20,6 @@ from training.checkpoint import list_checkpoints
 from training.config import OptimConfig, RunConfig
 from training.hub import export_and_push
 from training.optim import lr_factor
-from training.schema import from_dict
 
 
 def test_debug_run_learns_and_writes_everything(baseline, baseline_metrics):
@@ -51,7 +50,7 @@ def test_logged_keys_and_lr_curve(baseline, baseline_metrics):
         assert key in step1 and math.isfinite(step1[key]), key
     assert 0 < step1["memory/attn_share"] < 1 and 0 < step1["memory/write_gate"] < 1
     cfg = yaml.safe_load((baseline / "config.yaml").read_text())
-    optim = from_dict(OptimConfig, cfg["optim"])
+    optim = OptimConfig.parse(cfg["optim"])
     for m in baseline_metrics:
         if "train/lr" in m:
             expected = optim.lr * lr_factor(m["step"] - 1, optim, cfg["max_steps"])
@@ -159,7 +158,7 @@ def test_push_to_hub_offline_keeps_checkpoints_and_reports_failures(baseline, da
 
 def test_run_config_round_trips(baseline):
     saved = yaml.safe_load((Path(baseline) / "config.yaml").read_text())
-    cfg = from_dict(RunConfig, saved)
+    cfg = RunConfig.parse(saved)
     assert (
         cfg.tracking.trackers == ["wandb", "tensorboard"] and cfg.model.config == "configs/model/debug.json"
     )

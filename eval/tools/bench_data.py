@@ -1,6 +1,6 @@
 """Data pipeline throughput on the default corpus: tokenization, packing and the training loaders.
 
-    python -m eval.bench_data [--batch-size 8] [--seq-len 512] [--out bench-data.json]
+    python -m eval bench-data [--batch-size 8] [--seq-len 512] [--out bench-data.json]
 
 Prints a Markdown table headed by the command that produced it and writes the numbers as JSON (`--out`).
 Every rate is measured in this run with `time.perf_counter`, so ratios between rows (batch API vs
@@ -18,7 +18,6 @@ import shlex
 import statistics
 import sys
 import time
-from dataclasses import replace
 from itertools import islice
 from typing import Any
 
@@ -51,13 +50,13 @@ def loader_tokens_per_second(loader: Any, num_batches: int = 500, warmup: int = 
     return tokens / (time.perf_counter() - start)
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     cfg = DataConfig(
         seq_len=args.seq_len, vocab_size=args.vocab_size, cache_dir=args.cache_dir, max_chars=args.max_chars
     )
     cfg.validate()
     result: dict[str, Any] = {
-        "command": "python -m eval.bench_data " + shlex.join(sys.argv[1:]),
+        "command": "python -m eval bench-data " + shlex.join(argv),
         "cpu_count": os.cpu_count(),
         "tokenizers_parallelism": os.environ.get("TOKENIZERS_PARALLELISM", "unset"),
         "versions": {
@@ -119,7 +118,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     loaders = {
         "loader": PackedLoader(rows, **sharding),
         "loader_synthetic": PackedLoader(
-            rows, **sharding, mixer=SyntheticMixer(replace(cfg, synthetic_fraction=0.1), tokenizer, seed=0)
+            rows, **sharding, mixer=SyntheticMixer(cfg.replace(synthetic_fraction=0.1), tokenizer, seed=0)
         ),
         "loader_streaming": StreamingLoader(cfg, open_source(cfg), tokenizer, **sharding),
     }
@@ -192,8 +191,9 @@ def table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(prog="python -m eval bench-data", description=__doc__.splitlines()[0])
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--seq-len", type=int, default=512)
     parser.add_argument("--vocab-size", type=int, default=8192)
@@ -202,17 +202,13 @@ def main() -> None:
         "--map-num-proc", type=int, default=2, help="processes for the datasets.map row; 0 skips it"
     )
     parser.add_argument("--loader-batches", type=int, default=2000)
-    parser.add_argument("--cache-dir", default=DataConfig.cache_dir)
+    parser.add_argument("--cache-dir", default=DataConfig().cache_dir)
     parser.add_argument("--out", default=None, help="write the results as JSON here")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     datasets.disable_progress_bars()
-    result = run(args)
+    result = run(args, argv)
     print(table(result))
     if args.out:
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         with open(args.out, "w") as f:
             json.dump(result, f, indent=2)
-
-
-if __name__ == "__main__":
-    main()

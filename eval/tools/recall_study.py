@@ -18,7 +18,7 @@ distances are drawn evenly from the three buckets near (d < W), stacked reach (W
 | `sliding` | `memory_slots=0`, window M + W: a trained sliding window of the same KV bytes |
 | `sinks` | M slots + W window, writes closed in training and evaluation: the slots are learned sinks |
 
-Then `eval.recall` scores each on the same held-out rows (`--eval-pairs` pairs, `--eval-samples` rows per task
+Then `eval.tasks.recall` scores each on the same held-out rows (`--eval-pairs` pairs, `--eval-samples` rows per task
 and pairs), writes closed on the same weights beside each BCT rule. Writes `recall-study.json` (every number,
 per run and pooled over seeds, the training curves with memory signals, the command), `recall-study.md` (the
 table, pooled over seeds) and `recall-study.png` (accuracy against distance, one line per method).
@@ -54,8 +54,8 @@ from data.recall import (
     stacked_reach,
 )
 from eval.common import header, write_outputs
-from eval.methods import close_writes
-from eval.recall import bucket_table, eval_set, evaluate_model, resolve_device
+from eval.contenders.methods import close_writes
+from eval.tasks.recall import bucket_table, eval_set, evaluate_model, resolve_device
 from modeling import BCTConfig, BCTForCausalLM
 from modeling.configuration_bct import WRITE_RULES
 from training.config import OptimConfig
@@ -73,6 +73,7 @@ DEFAULTS = {
     "seq_len": 256,
     "lr": 2e-3,
     "warmup_steps": 50,
+    "start_pairs": 1,
     "max_pairs": 8,
     "threshold": 0.9,
     "check_every": 25,
@@ -164,7 +165,9 @@ def train_run(spec: RunSpec, args: argparse.Namespace, ranges: list, device: tor
     optim_cfg = OptimConfig(lr=args.lr, warmup_steps=args.warmup_steps, min_lr_ratio=0.1)
     optimizer = build_optimizer(model, optim_cfg)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, optim_cfg, args.steps))
-    curriculum = RecallCurriculum(max_pairs=args.max_pairs, threshold=args.threshold)
+    curriculum = RecallCurriculum(
+        start_pairs=args.start_pairs, max_pairs=args.max_pairs, threshold=args.threshold
+    )
     history, level_steps = [], [{"step": 0, "pairs": curriculum.num_pairs}]
     correct = total = 0  # answers since the last curriculum check
     logged = {"loss": 0.0, "correct": 0, "total": 0, "steps": 0}
@@ -297,6 +300,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--lr", type=float, default=None, help=f"AdamW peak rate (default {DEFAULTS['lr']})")
     parser.add_argument("--warmup-steps", type=int, default=None)
     parser.add_argument(
+        "--start-pairs",
+        type=int,
+        default=None,
+        help=f"curriculum's first level (default {DEFAULTS['start_pairs']})",
+    )
+    parser.add_argument(
         "--max-pairs",
         type=int,
         default=None,
@@ -395,6 +404,10 @@ def check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
             f"{args.chunk_size} (the sliding-window control's window, of equal KV bytes)."
         )
     reach = stacked_reach(args.window, args.chunk_size, args.layers)
+    if not 1 <= args.start_pairs <= args.max_pairs:
+        parser.error(
+            f"--start-pairs {args.start_pairs} is not allowed: between 1 and --max-pairs {args.max_pairs}."
+        )
     top = max(args.max_pairs, *args.eval_pairs)
     if args.seq_len < reach + 2 * top + 16:
         parser.error(
@@ -502,10 +515,10 @@ def markdown(payload: dict, pooled: list[dict], buckets: dict, specs: list[RunSp
         f"Recall accuracy per answer by distance d to the recalled token, pooled over {seeds} seed(s); "
         f"{s['layers']} layers × {s['hidden_size']} hidden, M={s['memory_slots']}, W={s['window']}, "
         f"C={s['chunk_size']}, L·(W+C)={s['stacked_reach']}; {s['steps']} steps × {s['batch_size']} rows × "
-        f"{s['seq_len']} tokens, answer-only loss, curriculum up to {s['max_pairs']} pairs; "
+        f"{s['seq_len']} tokens, answer-only loss, curriculum from {s.get('start_pairs', 1)} up to {s['max_pairs']} pairs; "
         f'{s["eval_samples"]} rows per task and pairs. "reached": the curriculum\'s last level, per seed. '
         "Chance, bag of values and bag of values with elimination need no binding of keys to values "
-        "(eval/recall.py).\n\n"
+        "(eval/tasks/recall.py).\n\n"
     )
     table = bucket_table(pooled, buckets, extra=[("reached", "reached", "{}")])
     notes = {

@@ -4,8 +4,8 @@
 
 Each held-out window (`eval/corpus.py`, Shakespeare by default) is one stream from position 0, fed
 `--segment` tokens at a time through each method's own cache: BCT through its bounded cache, the baselines
-through theirs (full attention keeps everything; sliding window and sinks hold `--kv-budget` entries, the
-BCT's capacity by default). The loss of the token at position `p` (predicted from tokens `< p`) is averaged,
+through theirs (full attention keeps everything; sliding window and sinks hold `--kv-bytes` of KV, the
+BCT's cache bytes by default; SnapKV and FastKV compress a prompt for an answer and do not stream). The loss of the token at position `p` (predicted from tokens `< p`) is averaged,
 token-weighted over all windows, in equal-width position buckets `[a, b)`. Use a context of at least 16× the
 training length.
 
@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 
 from eval.common import add_model_args, header, methods_from_args, write_outputs
+from eval.contenders.methods import PROMPT_COMPRESSORS, Method
 from eval.corpus import add_heldout_args, heldout_documents, token_windows
-from eval.methods import Method
 from eval.report import markdown_table, pivot
 
 
@@ -106,8 +106,9 @@ def main(argv: list[str] | None = None) -> dict:
     )
     add_heldout_args(parser)
     args = parser.parse_args(argv)
-    if "fastkv" in args.baselines:
-        parser.error("FastKV compresses a prompt for one answer; it has no streaming perplexity. Drop it.")
+    compressors = [key for key in args.baselines if key in PROMPT_COMPRESSORS]
+    if compressors:
+        parser.error(f"{compressors} compress a prompt for an answer; they have no streaming perplexity.")
 
     methods, extra = methods_from_args(args)
     if extra["tokenizer"] is None:

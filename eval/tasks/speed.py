@@ -1,25 +1,28 @@
 """Speed and memory against context length, every method in one run: prefill time, decode ms/token, cache bytes;
-plus training tokens/s (BCT vs Llama, `eval.bench_train`).
+plus training tokens/s (BCT vs Llama, `eval.tools.bench_train`).
 
     python -m eval speed [--model DIR ...] [--lengths 1024 2048 ... 65536] [--steps 16]
 
-Without `--model`, random-weight models of the benchmark shape are built (4 layers × 256 hidden, 4 heads,
-vocab 32 000; speed does not depend on what weights learned): a BCT with 32 slots + 64 window + 32 chunk and
-a same-shape Llama, which runs as every baseline at the BCT's capacity (128 entries per layer and KV head).
+Without `--model`, random-weight models of the benchmark shape are built (`eval/shapes.py`: 4 layers × 256
+hidden, 4 query heads on 2 KV heads, vocab 32 000; speed does not depend on what weights learned): a BCT with
+32 slots + 64 window + 32 chunk and a same-shape Llama, which runs as every baseline at the BCT's cache bytes
+(`--kv-bytes`; 128 entries per layer and KV head).
 
 Per context length, each method prefills the same random prompt into a fresh cache the way it streams
 (timed in rounds over all methods, forward then reverse order, 3 rounds up to 4 K tokens and 2 above; each
 method's fastest round counts, the least disturbed by other load on a shared machine):
-BCT, full attention and FastKV in one call (BCT segments internally), sliding window in `--sliding-segment`
+BCT, full attention, SnapKV and FastKV in one call (BCT segments internally), sliding window in `--sliding-segment`
 token segments through HF's sliding cache, sinks in 512-token blocks. The sliding window is also timed in
 one call, as HF users run it (its mask is N × N), up to `--one-call-max`. Then every method decodes
 `--steps` tokens, the methods interleaved step by step so that load on a shared machine hits all alike;
-ms/token is the median step. Cache bytes are the real tensor bytes held after the prefill and after decoding.
+ms/token is the median step. Cache bytes are the real tensor bytes held after the prefill, after decoding
+(SnapKV and FastKV grow by one entry per decoded token, as in their reference), and at the peak of the
+prefill (FastKV and SnapKV hold a whole layer's prompt before compressing it).
 A method whose next prefill would likely pass `--time-limit` seconds (growth estimated from the last two
 lengths) is not run at longer contexts.
 
 Payload: `rows` `{method, label, context, prefill_s, prefill_mode, one_call_prefill_s, ms_per_token,
-cache_bytes, cache_bytes_after_decode, kv_entries}`, `train` (tokens/s), `checks` (the ratios at
+cache_bytes, cache_bytes_after_decode, peak_prefill_bytes, kv_entries}`, `train` (tokens/s), `checks` (the ratios at
 `--check-length`). Plot: ms/token, cache MiB and prefill seconds against context length.
 """
 
@@ -32,8 +35,9 @@ import time
 
 import torch
 
-from eval.common import header, write_outputs
-from eval.methods import BASELINES, LoadedModel, Method, build_methods, load_model
+from eval.common import add_timing_model_args, compressor_options, header, write_outputs
+from eval.contenders.kv_bytes import PeakBytes
+from eval.contenders.methods import BASELINES, LoadedModel, Method, build_methods, load_model
 from eval.report import markdown_table, pivot
 from eval.shapes import CAPACITY, SHAPE, random_bct, random_llama
 from modeling.cache import CACHE_ARG
@@ -48,16 +52,23 @@ def random_models(max_length: int) -> list[LoadedModel]:
 
 
 @torch.no_grad()
-def time_prefill(method: Method, prompt: torch.Tensor, segment: int | None = None) -> tuple[float, object]:
-    """Seconds to prefill `prompt` into a fresh cache (the method's own way, or in `segment`-token pieces)."""
+def time_prefill(
+    method: Method, prompt: torch.Tensor, segment: int | None = None
+) -> tuple[float, object, int]:
+    """Seconds to prefill `prompt` into a fresh cache (the method's own way, or in `segment`-token pieces),
+    the cache, and the most KV bytes it held during the prefill."""
     cache = method.new_cache()
-    start = time.perf_counter()
-    if segment is None:
-        method.prefill(prompt, cache)
-    else:
-        for _ in method.stream(prompt, cache, logits_to_keep=1, segment=segment):
-            pass
-    return time.perf_counter() - start, cache
+    with PeakBytes(cache) as peak:
+        start = time.perf_counter()
+        if segment is None:
+            method.prefill(prompt, cache)
+        else:
+            for _ in method.stream(prompt, cache, logits_to_keep=1, segment=segment):
+                pass
+        if prompt.is_cuda:  # kernels run asynchronously: wait for the last one
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - start
+    return seconds, cache, peak.bytes
 
 
 @torch.no_grad()
@@ -65,7 +76,7 @@ def warm_up(methods: list[Method], vocab: int) -> None:
     """One short prefill and two decode steps per method, untimed: first calls pay one-off setup costs."""
     prompt = torch.randint(0, vocab, (1, 160), generator=torch.Generator().manual_seed(1))
     for method in methods:
-        _, cache = time_prefill(method, prompt)
+        _, cache, _ = time_prefill(method, prompt)
         for _ in range(2):
             method.model(prompt[:, -1:], **{CACHE_ARG: cache}, use_cache=True)
 
@@ -86,16 +97,16 @@ def measure_length(
     active = [m for m in methods if m.label not in skip]
     best = {m.label: float("inf") for m in active}
     one_call = {m.label: float("inf") for m in active if m.key == "sliding" and context <= one_call_max}
-    caches, held = {}, {}
+    caches, held, peak = {}, {}, {}
     for round_index in range(prefill_rounds(context)):
         for method in active if round_index % 2 == 0 else active[::-1]:
             caches.pop(method.label, None)  # free the previous round's cache first
             gc.collect()
-            seconds, caches[method.label] = time_prefill(method, prompt)
+            seconds, caches[method.label], peak[method.label] = time_prefill(method, prompt)
             best[method.label] = min(best[method.label], seconds)
             held[method.label] = method.cache_bytes(caches[method.label])
             if method.label in one_call:
-                seconds, _ = time_prefill(method, prompt, segment=context)
+                seconds, _, _ = time_prefill(method, prompt, segment=context)
                 one_call[method.label] = min(one_call[method.label], seconds)
     token = prompt[:, -1:]
     step_ms: dict[str, list[float]] = {m.label: [] for m in active}
@@ -121,10 +132,16 @@ def measure_length(
                 "ms_per_token": statistics.median(step_ms[method.label][2:]),
                 "cache_bytes": held[method.label],
                 "cache_bytes_after_decode": method.cache_bytes(cache),
+                "peak_prefill_bytes": peak[method.label],
                 "kv_entries": method.cache_entries(cache),
             }
         )
-        rows[-1]["cache_MiB"] = rows[-1]["cache_bytes"] / 2**20
+        for name, bytes_key in (
+            ("cache_MiB", "cache_bytes"),
+            ("cache_MiB_after_decode", "cache_bytes_after_decode"),
+            ("peak_prefill_MiB", "peak_prefill_bytes"),
+        ):
+            rows[-1][name] = rows[-1][bytes_key] / 2**20
         print(
             f"  {method.label}: prefill {best[method.label]:.2f}s, {rows[-1]['ms_per_token']:.2f} ms/token",
             flush=True,
@@ -133,8 +150,8 @@ def measure_length(
 
 
 def training_throughput(seq_len: int, repeats: int) -> dict:
-    """Training tokens/s of a BCT and a same-shape Llama, interleaved (`eval.bench_train.time_models`)."""
-    from eval.bench_train import time_models
+    """Training tokens/s of a BCT and a same-shape Llama, interleaved (`eval.tools.bench_train.time_models`)."""
+    from eval.tools.bench_train import time_models
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     seconds = time_models(seq_len, 1, repeats, 1, device, bf16=False)
@@ -149,14 +166,16 @@ def training_throughput(seq_len: int, repeats: int) -> dict:
 
 
 def checks(rows: list[dict], context: int) -> dict:
-    """The targets at `context`: BCT decode vs sliding and full, BCT prefill vs full and sliding (ratios > 1
-    mean BCT is faster)."""
+    """The targets at `context`: every method's decode and prefill time over the BCT's (> 1: BCT is faster),
+    and FastKV's prefill over SnapKV's (< 1: token-selective propagation saves time)."""
     at = {row["method"]: row for row in rows if row["context"] == context and not row.get("skipped")}
     bct = at.get("bct")
     if bct is None:
         return {}
     out = {"context": context}
-    for key in ("full", "sliding", "sinks", "fastkv"):
+    if "fastkv" in at and "snapkv" in at:  # what token-selective propagation saves at the same budget
+        out["prefill_fastkv_over_snapkv"] = at["fastkv"]["prefill_s"] / at["snapkv"]["prefill_s"]
+    for key in ("full", "sliding", "sinks", "snapkv", "fastkv"):
         if key in at:
             out[f"decode_{key}_over_bct"] = at[key]["ms_per_token"] / bct["ms_per_token"]
             out[f"prefill_{key}_over_bct"] = at[key]["prefill_s"] / bct["prefill_s"]
@@ -172,6 +191,8 @@ def markdown(rows: list[dict], methods: list[Method], payload: dict) -> str:
     for value, title, fmt in (
         ("ms_per_token", "Decode ms/token (median step)", "{:.2f}"),
         ("cache_MiB", "KV cache MiB held after the prefill (real tensor bytes)", "{:.3f}"),
+        ("cache_MiB_after_decode", "KV cache MiB held after decoding", "{:.3f}"),
+        ("peak_prefill_MiB", "Most KV cache MiB held during the prefill", "{:.3f}"),
         ("prefill_s", "Prefill seconds (see prefill modes below)", "{:.2f}"),
     ):
         table = pivot(done, "context", "label", value)
@@ -191,12 +212,14 @@ def markdown(rows: list[dict], methods: list[Method], payload: dict) -> str:
         table = [{"model": kind, "tokens_per_s": value} for kind, value in train["tokens_per_s"].items()]
         parts.append(
             f"Training tokens/s (seq {train['seq_len']}, batch 1, forward + backward + AdamW, "
-            f"`eval.bench_train`):\n\n"
+            f"`python -m eval bench-train`):\n\n"
             + markdown_table(table, [("model", "model", "{}"), ("tokens_per_s", "tokens/s", "{:,.0f}")])
         )
     if payload.get("checks"):
         ratios = ", ".join(f"{k} = {v:.2f}" for k, v in payload["checks"].items() if k != "context")
-        parts.append(f"Ratios at {payload['checks']['context']:,} tokens (> 1: BCT faster): {ratios}.")
+        parts.append(
+            f"Ratios at {payload['checks']['context']:,} tokens (`*_over_bct` > 1: BCT faster; `prefill_fastkv_over_snapkv` < 1: FastKV faster): {ratios}."
+        )
     return "\n\n".join(parts)
 
 
@@ -204,14 +227,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(
         prog="python -m eval speed", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument(
-        "--model",
-        action="append",
-        default=None,
-        help="BCT export / HF causal LM (default: random models of the benchmark shape)",
-    )
-    parser.add_argument("--baselines", nargs="+", default=list(BASELINES), choices=BASELINES)
-    parser.add_argument("--kv-budget", type=int, default=None)
+    add_timing_model_args(parser, BASELINES)
     parser.add_argument(
         "--lengths", type=int, nargs="+", default=[1024, 2048, 4096, 8192, 16384, 32768, 65536]
     )
@@ -243,7 +259,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     loaded = [load_model(source, with_tokenizer=False) for source in args.model] if args.model else None
     loaded = loaded or random_models(max(args.lengths))
-    methods = build_methods(loaded, args.baselines, False, args.kv_budget)
+    methods = build_methods(loaded, args.baselines, False, args.kv_bytes, options=compressor_options(args))
     for method in methods:
         if method.key == "sliding":
             method.prefill_segment = args.sliding_segment

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import yaml
 
-from eval import to_llama
+from eval.tools import to_llama
 
-DEFAULT_CONFIG = Path(__file__).parent / "configs" / "bench_pair.yaml"
+DEFAULT_CONFIG = Path(__file__).parents[1] / "configs" / "bench_pair.yaml"
 
 
 def seq_len_of(config: Path, overrides: list[str]) -> int:

@@ -3,8 +3,9 @@
     python -m eval bench-all [--bct runs/bench/bct/export] [--baseline runs/bench/llama] [--out bench-results]
 
 Runs perplexity by position, the passkey grid and MQAR on a trained BCT (also with its writes closed) and on
-a same-shape full-attention Llama run as every baseline (full attention, sliding window, sinks, FastKV) at
-the BCT's KV capacity; then speed/memory on random-weight models of the benchmark shape; then rewrites the
+a same-shape full-attention Llama run as every baseline (full attention, sliding window, sinks, SnapKV,
+FastKV) at the BCT's KV cache bytes; then speed/memory and time to first token on random-weight models of the
+benchmark shape; then rewrites the
 part of `--readme` between `<!-- results:begin -->` and `<!-- results:end -->` from the tasks' Markdown
 tables and PNGs. With the default model folders missing, it first trains them (`python -m eval train-pair`).
 `--quick` shrinks every task to a smoke-test size.
@@ -17,13 +18,14 @@ import os
 import shlex
 from pathlib import Path
 
-from eval import mqar, passkey, perplexity, speed, train_pair
 from eval.corpus import add_heldout_args
 from eval.readme import write_results_section
+from eval.tasks import mqar, passkey, perplexity, speed, ttft
+from eval.tools import train_pair
 
 DEFAULT_BCT = "runs/bench/bct/export"
 DEFAULT_BASELINE = "runs/bench/llama"
-TASK_ORDER = ("perplexity", "passkey", "mqar", "speed")
+TASK_ORDER = ("perplexity", "passkey", "mqar", "speed", "ttft")
 
 
 def task_argvs(args: argparse.Namespace) -> dict[str, list[str]]:
@@ -49,6 +51,7 @@ def task_argvs(args: argparse.Namespace) -> dict[str, list[str]]:
             ],
             "mqar": [*models, *shlex.split("--pairs 2 4 --queries 2 --seq-len 96 --samples 2")],
             "speed": [*speed, *shlex.split("--lengths 256 512 --steps 2 --train-seq-len 0")],
+            "ttft": [*speed, *shlex.split("--lengths 256 512 --rounds 1 --fastkv-tsp-len 128")],
         }
     length = args.train_length
     return {
@@ -56,6 +59,7 @@ def task_argvs(args: argparse.Namespace) -> dict[str, list[str]]:
         "passkey": [*models, *text, "--lengths", *(str(length * 2**i) for i in range(5))],
         "mqar": [*models, "--seq-len", str(length)],
         "speed": [*speed, "--lengths", *map(str, args.speed_lengths)],
+        "ttft": [*speed, "--lengths", *map(str, args.ttft_lengths)],
     }
 
 
@@ -79,7 +83,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--speed-lengths", type=int, nargs="+", default=[1024, 2048, 4096, 8192, 16384, 32768, 65536]
     )
-    parser.add_argument("--speed-threads", type=int, default=None, help="torch threads for the speed task")
+    parser.add_argument(
+        "--ttft-lengths", type=int, nargs="+", default=[4096, 16384, 32768], help="contexts of the ttft task"
+    )
+    parser.add_argument(
+        "--speed-threads", type=int, default=None, help="torch threads for the speed and ttft tasks"
+    )
     add_heldout_args(parser)
     parser.add_argument("--quick", action="store_true", help="smoke-test sizes for every task")
     parser.add_argument(
@@ -95,7 +104,7 @@ def main(argv: list[str] | None = None) -> dict:
             train_pair.main(["--out", "runs/bench"])
         args.bct, args.baseline = args.bct or DEFAULT_BCT, args.baseline or DEFAULT_BASELINE
 
-    modules = {"perplexity": perplexity, "passkey": passkey, "mqar": mqar, "speed": speed}
+    modules = {"perplexity": perplexity, "passkey": passkey, "mqar": mqar, "speed": speed, "ttft": ttft}
     argvs = task_argvs(args)
     payloads = {task: modules[task].main(argvs[task]) for task in TASK_ORDER if task in args.tasks}
     if args.readme:  # every task with results in --out, also those of an earlier run

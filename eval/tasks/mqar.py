@@ -4,9 +4,11 @@
 
 Examples come from `data.synthetic.make_mqar_example`: `pairs` key-value pairs, filler, then `--queries` of
 the keys, each followed by its value (the answer). The sequence length is fixed, so the pairs sit far behind
-the queries, and every bounded method holds the same state (`--kv-budget` entries per layer and KV head, the
-BCT's capacity by default): recall then measures what the state keeps. Accuracy is per answer token
-(teacher forcing, `eval/scoring.py`), over `--samples` examples per pair count, the same for every method.
+the queries, and every bounded method holds the same state (the same KV bytes: the
+BCT's cache bytes by default, `--kv-bytes`): recall then measures what the state keeps. Accuracy is per answer
+token (teacher forcing, `eval/scoring.py`), over `--samples` examples per pair count, the same for every
+method. SnapKV and FastKV re-compress before each answer: everything before it (earlier queries and answers
+included) is compressed anew, so every query is asked of a compression that has seen it.
 
 Payload rows: `{method, label, num_pairs, num_queries, seq_len, samples, correct, total, accuracy}`. Plot:
 accuracy against the number of pairs.
@@ -20,9 +22,9 @@ import numpy as np
 
 from data import make_mqar_example
 from eval.common import add_model_args, header, methods_from_args, write_outputs
-from eval.methods import BASELINES, Method
-from eval.report import markdown_table, pivot
-from eval.scoring import score_example
+from eval.contenders.methods import BASELINES, Method
+from eval.report import kv_bytes_table, markdown_table, pivot
+from eval.scoring import KVBytes, score_example
 
 
 def mqar_vocab_size(tokenizer, model_vocab: int) -> int:
@@ -43,7 +45,8 @@ def evaluate(
             for k in range(samples)
         ]
         for method in methods:
-            hits = [score_example(method, example) for example in examples]
+            ledger = KVBytes()
+            hits = [score_example(method, example, ledger) for example in examples]
             correct, total = sum(int(h.sum()) for h in hits), sum(len(h) for h in hits)
             rows.append(
                 {
@@ -56,6 +59,7 @@ def evaluate(
                     "correct": correct,
                     "total": total,
                     "accuracy": correct / total,
+                    **ledger.as_row(),
                 }
             )
         print(f"{num_pairs} pairs: {[round(r['accuracy'], 3) for r in rows[-len(methods) :]]}", flush=True)
@@ -65,9 +69,10 @@ def evaluate(
 def markdown(rows: list[dict], methods: list[Method]) -> str:
     table = pivot(rows, "num_pairs", "label", "accuracy")
     columns = [("num_pairs", "pairs", "{}")] + [(m.label, m.label, "{:.0%}") for m in methods]
-    return "MQAR accuracy per answer (same state size for every bounded method):\n\n" + markdown_table(
+    accuracy = "MQAR accuracy per answer (every bounded method at the same KV bytes):\n\n" + markdown_table(
         table, columns
     )
+    return accuracy + "\n\n" + kv_bytes_table(rows, methods)
 
 
 def main(argv: list[str] | None = None) -> dict:

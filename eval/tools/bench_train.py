@@ -1,6 +1,6 @@
 """Training speed and memory: BCT vs HF `LlamaForCausalLM` (sdpa) of the same shape.
 
-    python -m eval.bench_train [--seq-len 2048] [--batch-size 1] [--repeats 5] [--threads N]
+    python -m eval bench-train [--seq-len 2048] [--batch-size 1] [--repeats 5] [--threads N]
                                [--out bench-results/bench_train.json]
 
 Both models (4 layers x 256 hidden, 4 heads, vocab 32000 by default) train in the same process on the same
@@ -85,7 +85,7 @@ def cuda_peak(kind: str, seq_len: int, batch_size: int, device: torch.device, bf
 def cpu_peak(kind: str, seq_len: int, batch_size: int) -> int:
     """Peak resident-set growth of one step, measured in a fresh subprocess (bytes)."""
     code = (
-        "import torch; from eval.bench_train import _cpu_peak_child; "
+        "import torch; from eval.tools.bench_train import _cpu_peak_child; "
         f"torch.set_num_threads({torch.get_num_threads()}); print(_cpu_peak_child({kind!r}, {seq_len}, {batch_size}))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -108,7 +108,9 @@ def _rss_bytes() -> int:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m eval bench-train",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--seq-len", type=int, default=2048)
     parser.add_argument("--batch-size", type=int, default=1)
@@ -131,7 +133,7 @@ def main(argv: list[str] | None = None) -> dict:
         for kind in ("bct", "llama")
     }
     result = {
-        "command": "python -m eval.bench_train " + " ".join(sys.argv[1:] if argv is None else argv),
+        "command": "python -m eval bench-train " + " ".join(sys.argv[1:] if argv is None else argv),
         "device": torch.cuda.get_device_name()
         if device.type == "cuda"
         else f"cpu ({torch.get_num_threads()} threads)",
@@ -171,7 +173,3 @@ def markdown(r: dict) -> str:
             f"| BCT / Llama | {r['tokens_per_s_ratio']:.2f} | {r['peak_memory_ratio']:.2f} |",
         ]
     )
-
-
-if __name__ == "__main__":
-    main()

@@ -20,10 +20,10 @@ import numpy as np
 
 from data import make_passkey_example, passkey_min_length, tokenize_documents
 from eval.common import add_model_args, header, methods_from_args, write_outputs
+from eval.contenders.methods import BASELINES, Method
 from eval.corpus import add_heldout_args, heldout_documents
-from eval.methods import BASELINES, Method
-from eval.report import markdown_table, pivot
-from eval.scoring import score_example
+from eval.report import kv_bytes_table, markdown_table, pivot
+from eval.scoring import KVBytes, score_example
 
 
 def passkey_examples(
@@ -44,7 +44,8 @@ def evaluate(methods: list[Method], grid: dict[tuple[int, float], list[dict]]) -
     rows = []
     for method in methods:
         for (length, depth), examples in grid.items():
-            correct = sum(bool(score_example(method, example).all()) for example in examples)
+            ledger = KVBytes()
+            correct = sum(bool(score_example(method, example, ledger).all()) for example in examples)
             rows.append(
                 {
                     "method": method.key,
@@ -54,6 +55,7 @@ def evaluate(methods: list[Method], grid: dict[tuple[int, float], list[dict]]) -
                     "samples": len(examples),
                     "correct": correct,
                     "accuracy": correct / len(examples),
+                    **ledger.as_row(),
                 }
             )
         print(f"{method.label}: {[r['accuracy'] for r in rows if r['method'] == method.key]}", flush=True)
@@ -70,7 +72,8 @@ def markdown(rows: list[dict], methods: list[Method]) -> str:
     ]
     table = pivot(means, "context", "label", "accuracy")
     columns = [("context", "context", "{:,}")] + [(m.label, m.label, "{:.0%}") for m in methods]
-    return "Passkey exact-match accuracy (mean over needle depths):\n\n" + markdown_table(table, columns)
+    accuracy = "Passkey exact-match accuracy (mean over needle depths):\n\n" + markdown_table(table, columns)
+    return accuracy + "\n\n" + kv_bytes_table(rows, methods)
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -18,7 +18,7 @@ input_ids[p]`. Beside it, three levels that need no binding of keys to values: c
 values); "bag of values", 1/n (knowing which values occurred but not which key they belong to); and bag of
 values with elimination, H_n/n (also ruling out the values that the earlier answers, seen under teacher
 forcing, took: 75% at 2 pairs, 52% at 4). Every model sees the same rows (seeded by task and pairs). A BCT with
-memory slots is also run with its writes closed (`eval.methods.close_writes`, same weights); "—" where it has
+memory slots is also run with its writes closed (`eval.contenders.methods.close_writes`, same weights); "—" where it has
 no memory or the rule cannot be closed.
 
 Payload rows: `{method, label, variant (open | closed), task, num_pairs, bucket, lo, hi, correct, total,
@@ -43,7 +43,7 @@ from data.recall import (
     stacked_reach,
 )
 from eval.common import header, write_outputs
-from eval.methods import close_writes, load_model
+from eval.contenders.methods import close_writes, load_model
 from eval.report import markdown_table
 
 EVAL_STREAM = 0xE7A1  # separates evaluation rows from training rows drawn with the same seed

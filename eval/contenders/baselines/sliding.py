@@ -7,14 +7,14 @@ builds a `DynamicSlidingWindowLayer` per layer (`get_layer_types_and_kwargs`: a 
 the layer type "sliding_attention"). So the baseline is exactly HF's code path for Mistral-style models.
 
 Capacity: with `sliding_window = S` each query attends to the S most recent tokens itself included; between
-steps the layer stores the last `S - 1` of them and appends the new one during the step. A budget of
-`kv_capacity` entries therefore means `sliding_window = kv_capacity`.
+steps the layer stores the last `S - 1` of them and appends the new one during the step. A budget of `E`
+held entries (what the byte budget buys) therefore means `sliding_window = E + 1`: the cache holds `E` after
+the prefill and after every step, and each query sees those `E` and itself.
 """
 
 from __future__ import annotations
 
-import torch
-from transformers import Cache, DynamicCache, MistralConfig, MistralForCausalLM, PreTrainedModel
+from transformers import DynamicCache, MistralConfig, MistralForCausalLM, PreTrainedModel
 
 # Config fields that mean the same in Llama, Mistral and BCT configs (biases aside).
 LLAMA_FAMILY_FIELDS = (
@@ -68,15 +68,3 @@ def sliding_window_model(model: PreTrainedModel, window: int) -> MistralForCausa
 def sliding_window_cache(model: MistralForCausalLM) -> DynamicCache:
     """HF's own bounded cache for the model: one `DynamicSlidingWindowLayer` per layer."""
     return DynamicCache(config=model.config)
-
-
-def stored_kv_bytes(cache: Cache) -> int:
-    """Bytes of the keys and values a layered `Cache` holds: HF's dynamic and sliding layers, and the sink and
-    FastKV caches here."""
-    return sum(
-        t.numel() * t.element_size()
-        for layer in cache.layers
-        if layer.is_initialized
-        for t in (layer.keys, layer.values)
-        if isinstance(t, torch.Tensor)
-    )

@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedModel
 
-from eval.baselines.sliding import LLAMA_FAMILY_FIELDS
-from eval.methods import load_model
+from eval.contenders.baselines.sliding import LLAMA_FAMILY_FIELDS
+from eval.contenders.methods import load_model
 
 _SHARED_FIELDS = (*LLAMA_FAMILY_FIELDS, "attention_bias", "mlp_bias")
 

@@ -81,7 +81,7 @@ class SinkCacheLayer(CacheLayerMixin):
         if block_plan is None:
             raise ValueError(
                 f"SinkCache: {new} tokens at stream position {start} run past the {self.budget}-entry capacity; "
-                "feed them with eval.baselines.sink_cache.forward_blocks (per-query sink positions need its mask)."
+                "feed them with eval.contenders.baselines.sink_cache.forward_blocks (per-query sink positions need its mask)."
             )
         return self._update_block(key_states, value_states, block_plan)
 

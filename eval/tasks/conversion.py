@@ -1,6 +1,6 @@
 """Step-0 quality of a converted model: does conversion keep the source model's function? (issue 17)
 
-    python -m eval.conversion [--init-from smollm2] [--slots 0 1 8 16 64] [--window 448 --chunk 64]
+    python -m eval conversion [--init-from smollm2] [--slots 0 1 8 16 64] [--window 448 --chunk 64]
         [--short 512 --long 2048 --rows 4] [--gate-bias-init -4]
 
 Before any training, the loss of the source model and of its conversions with each `--slots` on held-out
@@ -22,7 +22,8 @@ from transformers import AutoTokenizer
 
 from eval.corpus import add_heldout_args, heldout_documents, token_windows
 from modeling import convert_to_bct
-from modeling.convert import load_source, resolve_source
+from modeling.convert import load_source
+from training.init_source import resolve_source
 
 
 @torch.no_grad()
@@ -36,7 +37,7 @@ def mean_loss(model, ids: torch.Tensor) -> float:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m eval.conversion", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m eval conversion", description=__doc__.split("\n")[0])
     parser.add_argument("--init-from", default="smollm2", help="what train.py's init_from takes")
     parser.add_argument("--slots", type=int, nargs="+", default=[0, 1, 8, 16, 64])
     parser.add_argument("--window", type=int, default=448)
@@ -56,7 +57,7 @@ def main(argv: list[str] | None = None) -> None:
 
     path, gguf_file = resolve_source(args.init_from)
     tokenizer = AutoTokenizer.from_pretrained(path, gguf_file=gguf_file)
-    source = load_source(args.init_from).eval()
+    source = load_source(path, gguf_file).eval()
     texts = heldout_documents(args.source, args.validation_fraction, args.cache_dir)
     lengths = {"short": args.short, **({"long": args.long} if args.long else {})}
     ids = {
@@ -80,7 +81,3 @@ def main(argv: list[str] | None = None) -> None:
     for label, losses in rows:
         cells = " | ".join(f"{losses[k]:.4f} | {math.exp(losses[k]):.2f}" for k in lengths)
         print(f"| {label} | {cells} |")
-
-
-if __name__ == "__main__":
-    main()
