@@ -133,8 +133,6 @@ def explain(err: ValidationError, cls: type[BaseModel], data: Any, prefix: str =
         if "field" in ctx:
             where = _join(where, ctx["field"])
         return str(refusal(where, ctx["value"], ctx["allowed"]))
-    if kind == "missing":
-        return f"{where}: missing; expected {describe(annotation)}."
     value = _lookup(data, path)
     return f"{where} = {value!r} has the wrong type: expected {describe(annotation)}."
 
@@ -200,11 +198,11 @@ def _as_model(tp: Any) -> type[BaseModel] | None:
 
 
 def _item_type(tp: Any) -> Any:
-    """The item type of a list (or a tuple of one repeated type), else None."""
+    """The item type of a list or a `tuple[X, ...]`, else None (a fixed-length tuple is named whole)."""
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin is list:
         return args[0] if args else Any
-    if origin is tuple and args and len(set(a for a in args if a is not Ellipsis)) == 1:
+    if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
         return args[0]
     return None
 

@@ -14,6 +14,7 @@ Tools (eval/tools/; they train, convert or time things for the tasks):
   train-pair     train the bench pair: a BCT and its same-shape full-attention twin
   to-llama       turn a full-attention BCT export into a LlamaForCausalLM folder
   recall-study   train small models on the recall curriculum and score recall by distance (`make recall`)
+  binding-probe  steps until a plain Llama and the same-shape BCT bind keys to values at all
   bench-train    training tokens/s and peak memory, BCT against Llama
   bench-data     data pipeline throughput (tokenizer, packing, loader)
   plot           redraw a task's PNG from its JSON
@@ -40,6 +41,7 @@ COMMANDS = {
     "train-pair": "eval.tools.train_pair",
     "to-llama": "eval.tools.to_llama",
     "recall-study": "eval.tools.recall_study",
+    "binding-probe": "eval.tools.binding_probe",
     "bench-train": "eval.tools.bench_train",
     "bench-data": "eval.tools.bench_data",
     "plot": "eval.plots",

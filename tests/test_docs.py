@@ -21,8 +21,8 @@ def test_every_link_resolves_inside_the_repository(doc):
         assert path.exists(), f"{doc.name} links to a missing file: {target}"
 
 
-def test_code_cites_only_documents_in_the_repository():
-    for path in REPO.glob("**/*.py"):
+def test_code_and_docs_cite_only_documents_in_the_repository():
+    for path in [*REPO.glob("**/*.py"), *REPO.glob("**/*.md")]:
         if path == Path(__file__).resolve() or {".venv", ".venv-upstream", "runs"} & set(path.parts):
             continue
         text = path.read_text()

@@ -31,15 +31,19 @@ def seq_len_of(config: Path, overrides: list[str]) -> int:
     return int(yaml.safe_load(config.read_text())["data"]["seq_len"])
 
 
-def train(config: Path, output_dir: Path, overrides: list[str]) -> Path:
-    export = output_dir / "export"
-    if (export / "config.json").is_file():
-        print(f"{export} exists; not retraining", flush=True)
-        return export
+def start(config: Path, output_dir: Path, overrides: list[str]) -> subprocess.Popen | None:
+    """Start train.py for one model of the pair; None when its export already exists."""
+    if (output_dir / "export" / "config.json").is_file():
+        print(f"{output_dir / 'export'} exists; not retraining", flush=True)
+        return None
     command = [sys.executable, "train.py", "--config", str(config), f"output_dir={output_dir}", *overrides]
     print("$ " + " ".join(command), flush=True)
-    subprocess.run(command, check=True)
-    return export
+    return subprocess.Popen(command)
+
+
+def finish(process: subprocess.Popen | None) -> None:
+    if process is not None and process.wait() != 0:
+        raise SystemExit(f"train-pair: {' '.join(map(str, process.args))} failed (exit {process.returncode})")
 
 
 def main(argv: list[str] | None = None) -> dict[str, str]:
@@ -50,18 +54,28 @@ def main(argv: list[str] | None = None) -> dict[str, str]:
     )
     parser.add_argument("--out", default="runs/bench")
     parser.add_argument("--config", default=str(DEFAULT_CONFIG))
+    parser.add_argument(
+        "--parallel",
+        action="store_true",
+        help="train both at once (on a 2-core CPU with train.cpu_threads=1: about twice as fast)",
+    )
     parser.add_argument("overrides", nargs="*", help="key=value overrides for both runs")
     args = parser.parse_args(argv)
     if not Path("train.py").is_file():
         parser.error("run from the repository root (train.py not found)")
     config, out = Path(args.config), Path(args.out)
-    bct = train(config, out / "bct", args.overrides)
     full_overrides = [
         *args.overrides,
         "model.memory_slots=0",
         f"model.window={seq_len_of(config, args.overrides)}",
     ]
-    full = train(config, out / "full", full_overrides)
+    bct_run = start(config, out / "bct", args.overrides)
+    if not args.parallel:
+        finish(bct_run)
+    full_run = start(config, out / "full", full_overrides)
+    finish(bct_run)
+    finish(full_run)
+    bct, full = out / "bct" / "export", out / "full" / "export"
     llama = out / "llama"
     if not (llama / "config.json").is_file():
         to_llama.main([str(full), "--out", str(llama)])

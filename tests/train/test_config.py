@@ -55,6 +55,8 @@ def test_overrides_reach_every_section():
         pytest.param("optim.lr=-0.001", ["optim.lr = -0.001", "a learning rate >= 0"], id="negative-lr"),
         pytest.param("optim.lr=.inf", ["optim.lr = inf", "a learning rate >= 0"], id="infinite-lr"),
         pytest.param("optim.eps=.nan", ["optim.eps = nan", "a number > 0"], id="nan-eps"),
+        pytest.param("optim.betas=[0.9]", ["optim.betas = [0.9]", "two numbers in [0, 1)"], id="short-betas"),
+        pytest.param("seed=-1", ["seed = -1", "an integer >= 0"], id="negative-seed"),
         pytest.param(
             "data.seq_len=100",
             ["data.seq_len = 100", "multiple of model.chunk_size=16"],
