@@ -5,12 +5,15 @@
 Each held-out window (`eval/corpus.py`, Shakespeare by default) is one stream from position 0, fed
 `--segment` tokens at a time through each method's own cache: BCT through its bounded cache, the baselines
 through theirs (full attention keeps everything; sliding window and sinks hold `--kv-bytes` of KV, the
-BCT's cache bytes by default; SnapKV and FastKV compress a prompt for an answer and do not stream). The loss of the token at position `p` (predicted from tokens `< p`) is averaged,
-token-weighted over all windows, in equal-width position buckets `[a, b)`. Use a context of at least 16× the
-training length.
+BCT's cache bytes by default). SnapKV and FastKV compress a prompt for an answer and do not stream: they
+are scored in runs of `--compress-every` tokens, the whole text before each run compressed anew to the
+same bytes less the run (`eval/compressed_text.py`; one prefill per run). The loss of the token at
+position `p` (predicted from tokens `< p`) is averaged, token-weighted over all windows, in equal-width
+position buckets `[a, b)`. Use a context of at least 16× the training length.
 
 Payload rows: `{method, label, bucket_start, bucket_end, tokens, loss, ppl}`; `summary` has each method's
-mean loss over all positions. Plot: loss against position, one line per method.
+mean loss over all positions; `compressors` states how SnapKV and FastKV were scored and what it cost
+(prefills, prefill tokens, seconds, the most KV bytes held). Plot: loss against position, one line per method.
 """
 
 from __future__ import annotations
@@ -24,7 +27,8 @@ import torch
 import torch.nn.functional as F
 
 from eval.common import add_model_args, header, methods_from_args, write_outputs
-from eval.contenders.methods import PROMPT_COMPRESSORS, Method
+from eval.compressed_text import PROTOCOL, CompressionCost, check_run_length, compressed_losses
+from eval.contenders.methods import Method
 from eval.corpus import add_heldout_args, heldout_documents, token_windows
 from eval.report import markdown_table, pivot
 
@@ -58,10 +62,28 @@ def bucket_means(losses: list[torch.Tensor], edges: list[int]) -> list[tuple[int
     return out
 
 
-def evaluate(methods: list[Method], windows: list[np.ndarray], edges: list[int]) -> tuple[list[dict], dict]:
+def method_losses(
+    method: Method, windows: list[np.ndarray], compress_every: int, cost: CompressionCost
+) -> list[torch.Tensor]:
+    """(T,) losses per window: streamed, or for a prompt compressor re-compressed before every run."""
+    if method.compresses_prompt:
+        return [compressed_losses(method, torch.from_numpy(w), compress_every, cost) for w in windows]
+    return [position_losses(method, torch.from_numpy(window)) for window in windows]
+
+
+def evaluate(
+    methods: list[Method],
+    windows: list[np.ndarray],
+    edges: list[int],
+    compress_every: int = 64,
+    costs: dict[str, CompressionCost] | None = None,
+) -> tuple[list[dict], dict]:
+    """Bucket rows and each method's mean loss; the compressors' costs go into `costs` (by label)."""
     rows, summary = [], {}
+    costs = {} if costs is None else costs
     for method in methods:
-        losses = [position_losses(method, torch.from_numpy(window)) for window in windows]
+        cost = costs.setdefault(method.label, CompressionCost()) if method.compresses_prompt else None
+        losses = method_losses(method, windows, compress_every, cost)
         for (start, end), (tokens, loss) in zip(itertools.pairwise(edges), bucket_means(losses, edges)):
             ppl = math.exp(loss) if tokens else None
             rows.append(
@@ -81,12 +103,22 @@ def evaluate(methods: list[Method], windows: list[np.ndarray], edges: list[int])
     return rows, summary
 
 
-def markdown(rows: list[dict], methods: list[Method], summary: dict) -> str:
+def markdown(
+    rows: list[dict], methods: list[Method], summary: dict, compress_every: int | None = None
+) -> str:
     named = [{**row, "position": f"{row['bucket_start']:,}–{row['bucket_end']:,}"} for row in rows]
     table = pivot(named, "position", "label", "loss")
     table.append({"position": "all", **summary})
     columns = [("position", "position", "{}")] + [(m.label, m.label, "{:.3f}") for m in methods]
-    return "Mean loss (nats/token) by token position, held-out text:\n\n" + markdown_table(table, columns)
+    text = "Mean loss (nats/token) by token position, held-out text:\n\n" + markdown_table(table, columns)
+    compressors = [m.label for m in methods if m.compresses_prompt]
+    if compressors and compress_every:
+        text += (
+            f"\n\n{' and '.join(compressors)} do not stream: before each run of {compress_every} tokens the "
+            "whole text so far is compressed anew to the same bytes less the run, then the run is decoded "
+            "against it (one prefill per run)."
+        )
+    return text
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -95,7 +127,7 @@ def main(argv: list[str] | None = None) -> dict:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    add_model_args(parser, baselines=("full", "sliding", "sinks"))
+    add_model_args(parser, baselines=("full", "sliding", "sinks", "snapkv", "fastkv"))
     parser.add_argument(
         "--context", type=int, default=4096, help="tokens per window (>= 16x the training length)"
     )
@@ -104,27 +136,46 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--bucket-width", type=int, default=None, help="bucket width in tokens (overrides --buckets)"
     )
+    parser.add_argument(
+        "--compress-every",
+        type=int,
+        default=64,
+        help="SnapKV/FastKV: target tokens per run; the text before each run is compressed anew "
+        "(one prefill per run; smaller than the budget's entries less the observation window)",
+    )
     add_heldout_args(parser)
     args = parser.parse_args(argv)
-    compressors = [key for key in args.baselines if key in PROMPT_COMPRESSORS]
-    if compressors:
-        parser.error(f"{compressors} compress a prompt for an answer; they have no streaming perplexity.")
 
     methods, extra = methods_from_args(args)
     if extra["tokenizer"] is None:
         parser.error("perplexity needs a tokenizer: none of the --model folders has one.")
+    for method in methods:
+        if method.compresses_prompt:
+            try:
+                check_run_length(method, args.compress_every)
+            except ValueError as error:
+                parser.error(str(error))
     texts = heldout_documents(args.source, args.validation_fraction, args.cache_dir)
     windows = token_windows(extra["tokenizer"], texts, args.context, args.windows)
     edges = bucket_edges(args.context, args.buckets, args.bucket_width)
-    rows, summary = evaluate(methods, windows, edges)
+    costs: dict[str, CompressionCost] = {}
+    rows, summary = evaluate(methods, windows, edges, args.compress_every, costs)
     settings = {
         "context": args.context,
         "windows": len(windows),
         "edges": edges,
         "segment": args.segment,
+        "compress_every": args.compress_every,
         "source": args.source,
         "validation_fraction": args.validation_fraction,
     }
     payload = {**header("perplexity", argv, methods, settings), "rows": rows, "summary": summary}
-    payload["outputs"] = write_outputs(args.out, payload, markdown(rows, methods, summary))
+    if costs:
+        payload["compressors"] = {
+            "protocol": PROTOCOL,
+            "cost": {label: cost.as_dict() for label, cost in costs.items()},
+        }
+    payload["outputs"] = write_outputs(
+        args.out, payload, markdown(rows, methods, summary, args.compress_every)
+    )
     return payload

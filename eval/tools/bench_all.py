@@ -40,7 +40,7 @@ def task_argvs(args: argparse.Namespace) -> dict[str, list[str]]:
             "perplexity": [
                 *models,
                 *text,
-                *shlex.split("--context 256 --windows 1 --buckets 4 --segment 64"),
+                *shlex.split("--context 256 --windows 1 --buckets 4 --segment 64 --compress-every 16"),
             ],
             "passkey": [
                 *models,
