@@ -83,11 +83,8 @@ def compressed_losses(
         with PeakBytes(cache) as peak:
             logits = [method.prefill(ids[:, :first], cache, reserve=fed.shape[1])[:, None]]  # (1, 1, V)
         after_prefill = method.cache_bytes(cache)
-        # HF builds one mask, sized by layer 0, for every layer: where layers hold unequal counts (FastKV
-        # whose TSP keeps fewer tokens than the budget) the run is decoded one token at a time, unmasked.
-        uneven = len({layer.keys.shape[-2] for layer in cache.layers}) > 1
-        if fed.shape[1]:
-            logits += [step for _, step in method.stream(fed, cache, segment=1 if uneven else None)]
+        if fed.shape[1]:  # one forward, or one token at a time where FastKV's layers are uneven (stream)
+            logits += [step for _, step in method.stream(fed, cache)]
         logits = torch.cat(logits, dim=1)[0]  # (r, V): logits[i] predicts position first + i
         losses[first:end] = F.cross_entropy(logits.float(), input_ids[first:end], reduction="none").double()
         if cost is not None:

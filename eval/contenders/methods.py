@@ -200,6 +200,10 @@ class PromptCompressorMethod(Method):
             raise ValueError(
                 f"{self.label} compresses a prompt: call prefill() first (it suits prompt -> answer tasks only)."
             )
+        # HF builds one attention mask, sized by layer 0, for every layer: where layers hold unequal counts
+        # (FastKV whose TSP keeps fewer tokens than the budget) feed one token at a time, which needs no mask.
+        if len({layer.keys.shape[-2] for layer in cache.layers}) > 1:
+            segment = 1
         yield from super().stream(input_ids, cache, logits_to_keep, segment)
 
 

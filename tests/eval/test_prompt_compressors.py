@@ -198,3 +198,25 @@ def test_eager_attention_and_other_models_are_refused(loaded, tokenizer):
     ).eval()
     with pytest.raises(ValueError, match="sliding_window = 16"):
         make_method(LoadedModel("mistral", sliding, None), "snapkv", 10**6)
+
+
+@torch.no_grad()
+def test_several_tokens_decode_when_propagation_leaves_later_layers_shorter(loaded, ids):
+    """FastKV propagating fewer tokens than the budget leaves layers 2-3 shorter than 0-1; HF sizes one mask by
+    layer 0, so a multi-token forward would fail. `stream` then feeds one token at a time: the same logits as
+    feeding the model token by token on a copy of the compressed cache."""
+    key, options = VARIANTS["fastkv"]
+    options = CompressorOptions(scoring=options.scoring, tsp_layer=1, tsp_len=12)
+    config = loaded.model.config
+    method = make_method(
+        loaded, key, entry_bytes(config, torch.float32, config.num_key_value_heads) * 20, options=options
+    )
+    cache = method.new_cache()
+    method.prefill(ids[:, :PROMPT], cache)
+    assert [layer.keys.shape[-2] for layer in cache.layers] == [20, 20, 12, 12]
+    twin = copy.deepcopy(cache)
+    ours = torch.cat([logits for _, logits in method.stream(ids[:, PROMPT:], cache)], dim=1)
+    steps = [
+        loaded.model(ids[:, t : t + 1], **{CACHE_ARG: twin}, use_cache=True).logits for t in range(PROMPT, N)
+    ]
+    torch.testing.assert_close(ours, torch.cat(steps, dim=1))
