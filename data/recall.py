@@ -53,6 +53,13 @@ def invalid(field_name: str, value: Any, allowed: str) -> ValueError:
     return ValueError(f"recall.{field_name} = {value!r} is not allowed: {allowed}.")
 
 
+def answer_correct(logits: torch.Tensor, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """(B, n) bool: `argmax(logits[p - 1]) == input_ids[p]` at each answer position `p` of `positions`
+    (B, n); `logits` (B, T, V), `input_ids` (B, T)."""
+    predicted = logits.gather(1, (positions - 1)[..., None].expand(-1, -1, logits.shape[-1])).argmax(-1)
+    return predicted == input_ids.gather(1, positions)
+
+
 def recall_token_ranges(vocab_size: int) -> dict[str, range]:
     """Disjoint id ranges: specials [0, 4), filler [4, V/2), keys [V/2, 3V/4), values [3V/4, V)."""
     if not _is_int(vocab_size) or vocab_size < MIN_RECALL_VOCAB:

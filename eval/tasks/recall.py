@@ -36,6 +36,7 @@ import torch
 
 from data.recall import (
     RECALL_TASKS,
+    answer_correct,
     distance_buckets,
     make_recall_batch,
     max_recall_pairs,
@@ -85,8 +86,7 @@ def answer_hits(
         ids = batch["input_ids"][start : start + batch_size].to(device)  # (b, T)
         positions = batch["answer_positions"][start : start + batch_size].to(device)  # (b, n)
         logits = model(input_ids=ids).logits  # (b, T, V)
-        predicted = logits.gather(1, (positions - 1)[..., None].expand(-1, -1, logits.shape[-1])).argmax(-1)
-        hits.append((predicted == ids.gather(1, positions)).cpu())
+        hits.append(answer_correct(logits, ids, positions).cpu())
     return torch.cat(hits)
 
 

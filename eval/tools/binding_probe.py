@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedModel
 
-from data.recall import make_recall_batch
+from data.recall import answer_correct, make_recall_batch
 from modeling import BCTConfig, BCTForCausalLM
 
 SHAPE = {"vocab_size": 128, "hidden_size": 128, "intermediate_size": 344, "num_hidden_layers": 2}
@@ -64,9 +64,8 @@ def train(kind: str, args: argparse.Namespace) -> list[dict]:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         with torch.no_grad():
-            positions = batch["answer_positions"]  # (B, pairs); logits at p - 1 predict the answer at p
-            logits = out.logits.gather(1, (positions - 1)[..., None].expand(-1, -1, out.logits.shape[-1]))
-            correct += int((logits.argmax(-1) == batch["input_ids"].gather(1, positions)).sum())
+            positions = batch["answer_positions"]  # (B, pairs)
+            correct += int(answer_correct(out.logits, batch["input_ids"], positions).sum())
             total += positions.numel()
             loss_sum += out.loss.item()
         if (step + 1) % args.log_every == 0:

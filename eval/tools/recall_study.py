@@ -48,6 +48,7 @@ import torch
 from data.recall import (
     RECALL_TASKS,
     RecallCurriculum,
+    answer_correct,
     distance_buckets,
     make_recall_batch,
     max_recall_pairs,
@@ -188,8 +189,7 @@ def train_run(spec: RunSpec, args: argparse.Namespace, ranges: list, device: tor
 
         with torch.no_grad():  # training accuracy on the answers: the curriculum's measure
             positions = batch["answer_positions"].to(device)  # (B, n)
-            predicted = out.logits.gather(1, (positions - 1)[..., None].expand(-1, -1, out.logits.shape[-1]))
-            hits = int((predicted.argmax(-1) == ids.gather(1, positions)).sum())
+            hits = int(answer_correct(out.logits, ids, positions).sum())
         correct, total = correct + hits, total + positions.numel()
         logged = {
             "loss": logged["loss"] + out.loss.item(),
