@@ -74,8 +74,8 @@ smoke: setup
 bench: setup
 	$(PY) -m eval bench-all --out bench-results
 
-# Recall past the window (docs/design.md §8): small models on the recall curriculum, every write rule + controls,
-# 2 seeds, scored by distance with writes open and closed; < 90 min on 2 CPU cores, minutes on a GPU.
+# Recall past the window (docs/design.md §8.3): small models on 8-pair recall rows + copy rows, 3 write rules + 3 controls,
+# 2 seeds, scored by distance with writes open and closed; ~75 min on 2 CPU cores (docs/design.md §8.3 ran it in two parts).
 RECALL_ARGS ?=
 recall: setup
 	$(PY) -m eval recall-study --out bench-results/recall $(RECALL_ARGS)

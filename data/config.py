@@ -16,7 +16,8 @@ from pydantic import AfterValidator, Field, model_validator
 
 from data.schema import Bool, Int, Number, Section, Str, allowed, not_allowed, refusal
 
-SYNTHETIC_TASKS = ("passkey", "mqar")
+SYNTHETIC_TASKS = ("passkey", "mqar", "copy")
+DEFAULT_SYNTHETIC_TASKS = ("passkey", "mqar")
 BUILTIN_SOURCES = ("stdlib", "shakespeare")
 HF_PREFIX = "hf:"
 # File types a local source may hold; a directory source reads exactly these (recursively).
@@ -99,9 +100,12 @@ class DataConfig(Section):
     synthetic_tasks: Annotated[
         list[Str],
         allowed(lambda v: set(v) <= set(SYNTHETIC_TASKS), f"a list drawn from {list(SYNTHETIC_TASKS)}"),
-    ] = Field(default_factory=lambda: list(SYNTHETIC_TASKS))
+    ] = Field(default_factory=lambda: list(DEFAULT_SYNTHETIC_TASKS))
     mqar_num_pairs: PositiveInt = 16
     mqar_num_queries: PositiveInt = 8
+    # "copy" rows repeat a span of their own text at the row's end (`data.synthetic.make_text_copy_example`):
+    # dense induction signal, which binding needs (docs/design.md §8.2)
+    copy_span: PositiveInt = 32
     # Share of each batch's loss given to the synthetic answer tokens (the rest to the text tokens), e.g. 0.5;
     # null: every labelled token weighs the same (a few answers then drown in ~seq_len text tokens per row).
     synthetic_loss_weight: Annotated[
@@ -134,6 +138,14 @@ class DataConfig(Section):
                 "mqar_num_pairs",
                 self.mqar_num_pairs,
                 f"small enough that 2 * (pairs + queries) <= seq_len = {self.seq_len}",
+            )
+        if (
+            self.synthetic_fraction > 0
+            and "copy" in self.synthetic_tasks
+            and self.copy_span > self.seq_len // 2
+        ):
+            raise not_allowed(
+                "copy_span", self.copy_span, f"at most seq_len / 2 = {self.seq_len // 2} (two copies per row)"
             )
         return self
 

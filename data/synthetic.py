@@ -15,6 +15,9 @@ generator state gives the same example; `eval/` calls them over a grid, and trai
 - **MQAR** (`make_mqar_example`): `num_pairs` key→value pairs, random filler tokens, then `num_queries`
   distinct keys of those pairs each followed by its value (the answer). Keys, values and filler come from
   disjoint id ranges (`mqar_token_ranges`), so a key id never occurs in the filler or as a value.
+- **Copy** (`make_text_copy_example`): the row's own text with its last `copy_span` tokens replaced by a
+  copy of an earlier span, at a distance drawn uniformly by row; the answers are the copy after its first
+  token. Each is an induction step on real tokens (what passkey and MQAR need), many per row.
 """
 
 from __future__ import annotations
@@ -133,6 +136,19 @@ def make_mqar_example(
     return answer_example(ids, 2 * num_pairs + gap + 2 * np.arange(num_queries) + 1)
 
 
+def make_text_copy_example(row_ids: np.ndarray, span: int, rng: np.random.Generator) -> Example:
+    """`row_ids` (T,) text whose last `span` tokens become a copy of the span `distance` tokens earlier,
+    `distance` uniform in [span, T - span]; the answers are the copy's tokens after its first."""
+    ids = np.array(row_ids, dtype=np.int64).reshape(-1)
+    seq_len = len(ids)
+    if not 2 <= span <= seq_len // 2:
+        raise invalid("copy_span", span, f"between 2 and seq_len / 2 = {seq_len // 2}")
+    distance = int(rng.integers(span, seq_len - span + 1))
+    copy_at = seq_len - span
+    ids[copy_at:] = ids[copy_at - distance : copy_at - distance + span]
+    return answer_example(ids, copy_at + 1 + np.arange(span - 1))
+
+
 def answer_example(ids: np.ndarray, answer_positions: np.ndarray, **extra: np.ndarray) -> Example:
     """The example dict: answer-only labels, plus any `extra` int64 fields (e.g. `distances`)."""
     # Built in numpy and wrapped: tiny torch ops can stall on a busy intra-op thread pool (see loader.py).
@@ -174,6 +190,7 @@ class SyntheticMixer:
         self.fraction, self.tasks = cfg.synthetic_fraction, list(cfg.synthetic_tasks)
         self.seq_len = cfg.seq_len
         self.num_pairs, self.num_queries = cfg.mqar_num_pairs, cfg.mqar_num_queries
+        self.copy_span = cfg.copy_span
         self.vocab_size = tokenizer.backend_tokenizer.get_vocab_size(with_added_tokens=False)
         if "passkey" in self.tasks and passkey_min_length(tokenizer) >= cfg.seq_len:
             raise invalid(
@@ -202,6 +219,8 @@ class SyntheticMixer:
             if task == "passkey":
                 depth = float(rng.random())
                 example = make_passkey_example(self.tokenizer, ids[row], self.seq_len, depth, rng)
+            elif task == "copy":
+                example = make_text_copy_example(ids[row], self.copy_span, rng)
             else:
                 example = make_mqar_example(
                     self.vocab_size, self.num_pairs, self.num_queries, self.seq_len, rng

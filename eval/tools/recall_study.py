@@ -1,21 +1,24 @@
-"""The recall study of issue 10 in one command: small models trained on the recall curriculum alone, then
-recall by distance with the writes open and closed on the same weights (docs/design.md §8).
+"""The recall study of issue 10 in one command: small models trained on recall rows alone, then recall by
+distance with the writes open and closed on the same weights (docs/design.md §8.3).
 
-    python -m eval recall-study --out bench-results/recall [--rules gated,delta,retain] [--seeds 0,1]
-                                [--steps 700] [--batch-size 32] [--seq-len 256] [--device auto] [--quick]
+    python -m eval recall-study --out bench-results/recall [--rules retain,delta,gated] [--seeds 0,1]
+                                [--steps 2500] [--batch-size 32] [--seq-len 96] [--device auto] [--quick]
 
-Every run is the same small BCT (2 layers x 128 hidden, 4 heads, vocabulary 128; M=16 slots, W=32 window,
-C=16 chunk) trained from scratch by a plain PyTorch loop with answer-only loss on `data.recall` rows (key-value
-and passkey, one task per row), the number of pairs following `data.recall.RecallCurriculum` (1 -> 2 -> ... ->
-`--max-pairs` whenever the training accuracy of the last `--check-every` steps reaches `--threshold`). Answer
-distances are drawn evenly from the three buckets near (d < W), stacked reach (W <= d < L·(W+C) = 96) and far
-(d >= 96), so a 256-token row gives far answers a third of the signal. Methods, each trained for every seed:
+Every run is the same small BCT (2 layers x 128 hidden, 4 heads, vocabulary 128; M=16 slots, W=16 window,
+C=8 chunk, so the stacked reach is L·(W+C) = 48) trained from scratch by a plain PyTorch loop (AdamW, lr 1e-3
+constant after 50 warmup steps) with answer-only loss on `data.recall` rows: key-value and passkey, one task
+per row, at the number of pairs of `data.recall.RecallCurriculum` (from `--start-pairs` to `--max-pairs`,
+doubling whenever the training accuracy of the last `--check-every` steps reaches `--threshold`; the default
+starts at the top, 8, because rows of 1-2 pairs let a model stop at guessing among the row's values), plus
+`--copy-rows` short copy rows a step (a span repeated inside the window: the induction signal binding needs).
+Answer distances are drawn evenly from the three buckets near (d < W), stacked reach (W <= d < L·(W+C)) and
+far (d >= L·(W+C)). Methods, each trained for every seed:
 
 | method | model |
 |---|---|
 | `bct-<rule>` | M slots + W window, `memory_write_rule=<rule>`, one per `--rules` |
 | `full` | `memory_slots=0`, window = sequence length: exactly causal full attention |
-| `sliding` | `memory_slots=0`, window M + W: a trained sliding window of the same KV bytes |
+| `sliding` | `memory_slots=0`, window M + W: a trained sliding window of the same KV bytes (its own stacked reach is L·(M+W+C)) |
 | `sinks` | M slots + W window, writes closed in training and evaluation: the slots are learned sinks |
 
 Then `eval.tasks.recall` scores each on the same held-out rows (`--eval-pairs` pairs, `--eval-samples` rows per task
@@ -23,12 +26,11 @@ and pairs), writes closed on the same weights beside each BCT rule. Writes `reca
 per run and pooled over seeds, the training curves with memory signals, the command), `recall-study.md` (the
 table, pooled over seeds) and `recall-study.png` (accuracy against distance, one line per method).
 
-Time. On the 2-core CPU this was written on, shared with other work (1 thread per run, 2 runs at a time), a
-step of all 14 default runs (4 rules + 3 controls, 2 seeds; 32 rows x 256 tokens) took ~6.3 s: per run ~0.45 s
-for a BCT rule, ~0.37 s for the sliding window and sinks, ~0.75 s for full attention. The default 700 steps
-thus take ~75 minutes plus ~2 of evaluation (less on a quiet machine). On one H200 (`--device auto` picks a
-GPU) 700 steps take 17-45 s per run, ~7 minutes for the whole study: use more `--steps` there. `--quick`
-shrinks everything (shape, rows, steps) to check the pipeline in seconds.
+Time. On the 2-core CPU this was written on (1 thread per run, 2 runs at a time, other jobs beside), the
+rules `retain` and `delta` with the 3 controls, 2 seeds, 2,500 steps, took 56.6 minutes (9.4 min per
+full-attention run, 11.3 per rule); `gated`'s 2 seeds took 16 more with 2 other runs beside, so the
+default study of 3 rules takes about 70-75 minutes. On a GPU (`--device auto` picks one) use more `--steps`. `--quick` shrinks
+everything (shape, rows, steps) to check the pipeline in seconds.
 """
 
 from __future__ import annotations
@@ -62,24 +64,32 @@ from modeling.configuration_bct import WRITE_RULES
 from training.config import OptimConfig
 from training.optim import build_optimizer, lr_factor
 
-STUDY_RULES = ("gated", "delta", "retain")  # `fifo` is the older ablation: --rules gated,delta,retain,fifo
+STUDY_RULES = (
+    "retain",
+    "delta",
+    "gated",
+)  # `fifo`, the oldest rule, on request: --rules retain,delta,gated,fifo
 TRAIN_STREAM = 0x7EA1  # separates training rows from evaluation rows drawn with the same seed
 EVAL_SEED = 1234  # every method and seed is scored on the same rows
 # The full-attention twin's chunk: no token ever leaves its window, so any chunk computes the same attention,
 # and 64 runs ~30% faster than 16 on CPU.
 FULL_CHUNK = 64
 DEFAULTS = {
-    "steps": 700,
+    "steps": 2500,
     "batch_size": 32,
-    "seq_len": 256,
-    "lr": 2e-3,
+    "seq_len": 96,
+    "lr": 1e-3,
+    "min_lr_ratio": 1.0,  # constant after warmup: binding appears after a plateau, not near a decayed end
     "warmup_steps": 50,
-    "start_pairs": 1,
+    "start_pairs": 8,
     "max_pairs": 8,
+    "copy_rows": 32,
+    "copy_len": 32,
+    "copy_span": 8,
     "threshold": 0.9,
     "check_every": 25,
     "log_every": 50,
-    "eval_pairs": "1,2,4",
+    "eval_pairs": "1,2,4,8",
     "eval_samples": 192,
     "hidden_size": 128,
     "intermediate_size": 344,
@@ -87,15 +97,19 @@ DEFAULTS = {
     "heads": 4,
     "vocab_size": 128,
     "memory_slots": 16,
-    "window": 32,
-    "chunk_size": 16,
+    "window": 16,
+    "chunk_size": 8,
 }
 QUICK = {  # a smoke test of the whole pipeline in seconds (the shape shrinks too, buckets included)
     "steps": 6,
     "batch_size": 4,
     "seq_len": 80,
     "warmup_steps": 2,
+    "start_pairs": 1,
     "max_pairs": 2,
+    "copy_rows": 2,
+    "copy_len": 16,
+    "copy_span": 4,
     "check_every": 2,
     "log_every": 3,
     "eval_pairs": "1,2",
@@ -163,7 +177,7 @@ def train_run(spec: RunSpec, args: argparse.Namespace, ranges: list, device: tor
     """Train one run; return the model. `spec.result` gets the training curve, the curriculum's levels
     and the training time."""
     model = build_model(spec, args, device)
-    optim_cfg = OptimConfig(lr=args.lr, warmup_steps=args.warmup_steps, min_lr_ratio=0.1)
+    optim_cfg = OptimConfig(lr=args.lr, warmup_steps=args.warmup_steps, min_lr_ratio=args.min_lr_ratio)
     optimizer = build_optimizer(model, optim_cfg)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, optim_cfg, args.steps))
     curriculum = RecallCurriculum(
@@ -175,13 +189,15 @@ def train_run(spec: RunSpec, args: argparse.Namespace, ranges: list, device: tor
     started = time.perf_counter()
     for step in range(args.steps):
         rng = np.random.default_rng([spec.seed, TRAIN_STREAM, step])
-        batch = make_recall_batch(
-            args.tasks, args.vocab_size, args.seq_len, curriculum.num_pairs, ranges, args.batch_size, rng
-        )
+        batch, copies = training_batch(args, curriculum.num_pairs, ranges, rng)
         ids, labels = batch["input_ids"].to(device), batch["labels"].to(device)  # (B, T)
         log_now = (step + 1) % args.log_every == 0 or step + 1 == args.steps
         out = model(input_ids=ids, labels=labels, output_memory_signals=log_now)
-        out.loss.backward()
+        loss = out.loss
+        if copies is not None:  # short rows of their own length: a second forward, its loss added
+            copy_ids, copy_labels = copies["input_ids"].to(device), copies["labels"].to(device)
+            loss = loss + model(input_ids=copy_ids, labels=copy_labels).loss
+        loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), optim_cfg.grad_clip)
         optimizer.step()
         schedule.step()
@@ -192,7 +208,7 @@ def train_run(spec: RunSpec, args: argparse.Namespace, ranges: list, device: tor
             hits = int(answer_correct(out.logits, ids, positions).sum())
         correct, total = correct + hits, total + positions.numel()
         logged = {
-            "loss": logged["loss"] + out.loss.item(),
+            "loss": logged["loss"] + loss.item(),
             "correct": logged["correct"] + hits,
             "total": logged["total"] + positions.numel(),
             "steps": logged["steps"] + 1,
@@ -231,6 +247,24 @@ def train_run(spec: RunSpec, args: argparse.Namespace, ranges: list, device: tor
         },
     }
     return model
+
+
+def training_batch(
+    args: argparse.Namespace, num_pairs: int, ranges: list, rng: np.random.Generator
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None]:
+    """One step's rows: `--batch-size` rows of `--tasks` at `num_pairs`, distances from `ranges` (every
+    bucket), and `--copy-rows` short copy rows (`--copy-len` tokens, a span of `--copy-span` repeated inside
+    the window), the induction signal binding needs (docs/design.md §8.2); `None` for no copies."""
+    recall = make_recall_batch(
+        args.tasks, args.vocab_size, args.seq_len, num_pairs, ranges, args.batch_size, rng
+    )
+    if not args.copy_rows:
+        return recall, None
+    near = [(args.copy_span, min(args.window - 1, args.copy_len - args.copy_span))]
+    copies = make_recall_batch(
+        ["copy"], args.vocab_size, args.copy_len, args.copy_span, near, args.copy_rows, rng
+    )
+    return recall, copies
 
 
 def pool(rows: list[dict], keys: tuple[str, ...]) -> list[dict]:
@@ -300,6 +334,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--lr", type=float, default=None, help=f"AdamW peak rate (default {DEFAULTS['lr']})")
     parser.add_argument("--warmup-steps", type=int, default=None)
     parser.add_argument(
+        "--min-lr-ratio",
+        type=float,
+        default=None,
+        help="cosine decay's floor as a share of --lr (default 1.0: constant after warmup)",
+    )
+    parser.add_argument(
         "--start-pairs",
         type=int,
         default=None,
@@ -313,6 +353,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--threshold", type=float, default=None, help="accuracy that moves the curriculum up (default 0.9)"
+    )
+    parser.add_argument(
+        "--copy-rows",
+        type=int,
+        default=None,
+        help=f"short copy rows per step beside the recall rows, the induction signal binding needs "
+        f"(default {DEFAULTS['copy_rows']}; 0 for none)",
+    )
+    parser.add_argument(
+        "--copy-len", type=int, default=None, help=f"tokens per copy row (default {DEFAULTS['copy_len']})"
+    )
+    parser.add_argument(
+        "--copy-span",
+        type=int,
+        default=None,
+        help=f"tokens per copied span (default {DEFAULTS['copy_span']})",
     )
     parser.add_argument(
         "--check-every", type=int, default=None, help="steps between curriculum checks (default 25)"
@@ -403,6 +459,18 @@ def check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
             f"--memory-slots {args.memory_slots} is not allowed: memory_slots + window a multiple of --chunk-size "
             f"{args.chunk_size} (the sliding-window control's window, of equal KV bytes)."
         )
+    if args.copy_rows < 0:
+        parser.error(f"--copy-rows {args.copy_rows} is not allowed: a count >= 0.")
+    if args.copy_rows:
+        if args.copy_len % args.chunk_size:
+            parser.error(
+                f"--copy-len {args.copy_len} is not allowed: a multiple of --chunk-size {args.chunk_size}."
+            )
+        if not 2 <= args.copy_span <= min(args.window - 1, args.copy_len // 2):
+            parser.error(
+                f"--copy-span {args.copy_span} is not allowed: between 2 and min(window - 1, copy_len / 2) = "
+                f"{min(args.window - 1, args.copy_len // 2)} (the copy inside the window)."
+            )
     reach = stacked_reach(args.window, args.chunk_size, args.layers)
     if not 1 <= args.start_pairs <= args.max_pairs:
         parser.error(
@@ -515,7 +583,9 @@ def markdown(payload: dict, pooled: list[dict], buckets: dict, specs: list[RunSp
         f"Recall accuracy per answer by distance d to the recalled token, pooled over {seeds} seed(s); "
         f"{s['layers']} layers × {s['hidden_size']} hidden, M={s['memory_slots']}, W={s['window']}, "
         f"C={s['chunk_size']}, L·(W+C)={s['stacked_reach']}; {s['steps']} steps × {s['batch_size']} rows × "
-        f"{s['seq_len']} tokens, answer-only loss, curriculum from {s.get('start_pairs', 1)} up to {s['max_pairs']} pairs; "
+        f"{s['seq_len']} tokens, answer-only loss, curriculum from {s.get('start_pairs', 1)} up to {s['max_pairs']} pairs, "
+        f"{s.get('copy_rows', 0)} copy rows of {s.get('copy_len')} tokens a step (spans of {s.get('copy_span')} "
+        "repeated inside the window); "
         f'{s["eval_samples"]} rows per task and pairs. "reached": the curriculum\'s last level, per seed. '
         "Chance, bag of values and bag of values with elimination need no binding of keys to values "
         "(eval/tasks/recall.py).\n\n"

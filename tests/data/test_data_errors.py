@@ -106,8 +106,8 @@ def test_validation_fraction_outside_range(fraction):
 
 
 def test_unknown_synthetic_task():
-    with pytest.raises(ValueError, match=r"data\.synthetic_tasks = \['copy'\] .*'passkey', 'mqar'"):
-        DataConfig(synthetic_tasks=["copy"]).validate()
+    with pytest.raises(ValueError, match=r"data\.synthetic_tasks = \['sort'\] .*'passkey', 'mqar', 'copy'"):
+        DataConfig(synthetic_tasks=["sort"]).validate()
 
 
 def test_bpe_vocab_too_small():
@@ -185,3 +185,10 @@ def test_tokenizer_folder_without_eos(tmp_path, tokenizer):
     (folder / "tokenizer_config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match=r"data\.tokenizer = .*no-eos.*eos token"):
         build_tokenizer(DataConfig(tokenizer=str(folder)))
+
+
+def test_copy_span_longer_than_half_a_row_is_refused():
+    with pytest.raises(ValueError, match=r"data.copy_span = 200 is not allowed: .*at most seq_len / 2 = 64"):
+        DataConfig(
+            source="stdlib", seq_len=128, synthetic_fraction=0.5, synthetic_tasks=["copy"], copy_span=200
+        )

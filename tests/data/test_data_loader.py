@@ -138,3 +138,20 @@ def test_validation_batches_are_fixed_and_ordered(corpus):
     everything = build_validation_batches(corpus, batch_size=4)
     assert sum(len(b["input_ids"]) for b in everything) == len(corpus.validation)
     assert np.all([torch.equal(b["labels"], b["input_ids"]) for b in everything])
+
+
+def test_copy_rows_mix_in_with_the_other_tasks(small_cfg):
+    cfg = small_cfg.replace(
+        seq_len=128, synthetic_fraction=0.5, synthetic_tasks=["copy", "mqar"], copy_span=16, mqar_num_pairs=8
+    )
+    tokenizer = build_tokenizer(cfg)
+    loader = build_train_loader(
+        cfg, prepare_corpus(cfg, tokenizer), tokenizer, batch_size=8, seed=0, rank=0, world_size=1
+    )
+    batches = take(loader, 6)
+    ids, labels = torch.cat([b["input_ids"] for b in batches]), torch.cat([b["labels"] for b in batches])
+    answers = (labels != -100).sum(dim=1)  # (48,) 128 for text rows, 15 for copies, 8 for MQAR
+    copies = answers == 15
+    assert copies.any() and (answers == 8).any()
+    for row in ids[copies]:  # the row's end repeats an earlier span of the same row
+        assert any(torch.equal(row[a : a + 16], row[112:]) for a in range(0, 97))

@@ -14,6 +14,7 @@ from data.recall import (
     RecallCurriculum,
     distance_buckets,
     kv_query_positions,
+    make_copy_example,
     make_kv_example,
     make_passkey_example,
     make_recall_batch,
@@ -64,6 +65,31 @@ def test_passkey_distance_is_exact(distance, key_len):
     assert torch.equal(ids[positions - distance], ids[positions])  # each key token, exactly d back
     assert example["distances"].tolist() == [distance] * key_len
     assert (example["labels"] != IGNORE_INDEX).sum() == key_len
+
+
+@pytest.mark.parametrize(
+    ("distance", "span"), [(16, 16), (31, 16), (240, 4)], ids=["adjacent", "window", "far"]
+)
+def test_copy_distance_is_exact(distance, span):
+    example = make_copy_example(VOCAB, SEQ_LEN, distance, span, np.random.default_rng(2))
+    ids, labels, positions = example["input_ids"], example["labels"], example["answer_positions"]
+    copy_at = SEQ_LEN - span
+    assert positions.tolist() == list(range(copy_at + 1, SEQ_LEN))  # x2..xn of the copy ending the row
+    assert torch.equal(ids[copy_at:], ids[copy_at - distance : copy_at - distance + span])
+    assert torch.equal(ids[positions], ids[positions - distance])
+    assert example["distances"].tolist() == [distance] * (span - 1)
+    assert int(ids.min()) >= 4  # no specials
+    assert torch.equal(labels[positions], ids[positions]) and (labels != IGNORE_INDEX).sum() == span - 1
+
+
+def test_copy_rows_sample_distances_from_the_ranges():
+    batch = make_recall_batch(["copy"], VOCAB, SEQ_LEN, 16, [(16, 31)], 8, np.random.default_rng(3))
+    assert batch["input_ids"].shape == (8, SEQ_LEN)
+    assert ((batch["distances"] >= 16) & (batch["distances"] <= 31)).all()
+    with pytest.raises(ValueError, match=r"copy_span = 16 is not allowed with seq_len = 256.*\[16, 240\]"):
+        make_recall_batch(["copy"], VOCAB, SEQ_LEN, 16, [(1, 8)], 1, np.random.default_rng(3))
+    with pytest.raises(ValueError, match=r"recall.copy_span = 1 is not allowed"):
+        make_copy_example(VOCAB, SEQ_LEN, 10, 1, np.random.default_rng(3))
 
 
 def test_overlapping_or_impossible_distances_are_refused():

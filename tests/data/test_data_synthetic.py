@@ -17,7 +17,7 @@ from data import (
     mqar_token_ranges,
     passkey_min_length,
 )
-from data.synthetic import PASSKEY_INTRO, PASSKEY_NEEDLE, PASSKEY_QUESTION
+from data.synthetic import PASSKEY_INTRO, PASSKEY_NEEDLE, PASSKEY_QUESTION, make_text_copy_example
 
 
 @pytest.fixture
@@ -112,3 +112,19 @@ def test_synthetic_dataset_items_depend_only_on_seed_and_index():
     assert not torch.equal(dataset[7]["input_ids"], other_seed[7]["input_ids"])
     with pytest.raises(IndexError):
         dataset[10]
+
+
+def test_text_copy_repeats_an_earlier_span_of_the_row(filler):
+    row = filler[:128].numpy()
+    for seed in range(20):
+        example = make_text_copy_example(row, 16, np.random.default_rng(seed))
+        ids, labels, positions = example["input_ids"], example["labels"], example["answer_positions"]
+        assert positions.tolist() == list(range(113, 128))  # the copy's tokens after its first
+        assert torch.equal(ids[:112], torch.from_numpy(row[:112]))  # the text before it is untouched
+        starts = [a for a in range(0, 113 - 16) if torch.equal(ids[a : a + 16], ids[112:])]
+        assert starts, "the last 16 tokens copy an earlier span"
+        assert torch.equal(labels[positions], ids[positions]) and (labels != IGNORE_INDEX).sum() == 15
+    with pytest.raises(
+        ValueError, match=r"copy_span = 65 is not allowed: expected between 2 and seq_len / 2 = 64"
+    ):
+        make_text_copy_example(row, 65, np.random.default_rng(0))

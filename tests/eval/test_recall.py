@@ -110,3 +110,17 @@ def test_recall_cli_scores_a_saved_model(quick_study, tmp_path):
         (v, b) for v in ("open", "closed") for b in ("near", "reach", "far")
     }
     assert (tmp_path / "recall.md").is_file() and (tmp_path / "recall.png").is_file()
+
+
+def test_study_batches_add_short_copy_rows_inside_the_window():
+    args = recall_study.parse_args(["--quick", "--batch-size", "6", "--copy-rows", "3"])
+    batch, copies = recall_study.training_batch(args, 2, [(1, 79)], np.random.default_rng(0))
+    assert batch["input_ids"].shape == (6, args.seq_len) and copies["input_ids"].shape == (3, args.copy_len)
+    assert batch["answer_positions"].shape == (6, 2)  # the curriculum's pairs
+    assert copies["answer_positions"].shape == (3, args.copy_span - 1)
+    assert ((copies["distances"] >= args.copy_span) & (copies["distances"] < args.window)).all()
+    args = recall_study.parse_args(["--quick", "--copy-rows", "0"])
+    assert recall_study.training_batch(args, 2, [(1, 79)], np.random.default_rng(0))[1] is None
+    for bad in (["--copy-rows", "-1"], ["--copy-span", "1"], ["--copy-span", "16"], ["--copy-len", "20"]):
+        with pytest.raises(SystemExit):
+            recall_study.parse_args(["--quick", *bad])

@@ -21,7 +21,7 @@ def prefill_in_segments(model, ids, segment, mask=None):
     return torch.cat(logits, dim=1), cache
 
 
-@pytest.mark.parametrize("rule", ["gated", "fifo"])
+@pytest.mark.parametrize("rule", ["gated", "delta", "retain", "fifo"])
 @pytest.mark.parametrize(
     "segment", [1, 7, TINY["chunk_size"], 3 * TINY["chunk_size"] + 5], ids=lambda s: f"segment{s}"
 )
@@ -55,10 +55,11 @@ def left_pad(prompts, pad_id=0):
     return ids, mask
 
 
+@pytest.mark.parametrize("rule", ["gated", "retain"])
 @pytest.mark.parametrize("mode", ["parallel", "prefill_segments", "decode"])
 @torch.no_grad()
-def test_left_padded_batch_matches_rows_alone(mode):
-    model = tiny_model()
+def test_left_padded_batch_matches_rows_alone(mode, rule):
+    model = tiny_model(memory_write_rule=rule)
     lengths = [LENGTH, LENGTH - 29, LENGTH - 50]
     prompts = [torch.randint(1, TINY["vocab_size"], (n,)) for n in lengths]
     ids, mask = left_pad(prompts)
