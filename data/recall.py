@@ -46,7 +46,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from data.synthetic import Example, answer_example
+from data.synthetic import Example, answer_example, repeat_span_at_end
 
 RECALL_TASKS = ("kv", "passkey")  # the scored tasks
 TRAINING_TASKS = (*RECALL_TASKS, "copy")
@@ -208,9 +208,7 @@ def make_copy_example(
             f"{span} (copies apart) and {seq_len - span} (the first copy inside the row)."
         )
     ids = rng.integers(NUM_SPECIALS, vocab_size, size=seq_len)
-    copy_at = seq_len - span
-    ids[copy_at:] = ids[copy_at - distance : copy_at - distance + span]
-    return answer_example(ids, copy_at + 1 + np.arange(span - 1), distances=np.full(span - 1, distance))
+    return repeat_span_at_end(ids, distance, span, distances=np.full(span - 1, distance))
 
 
 def sample_passkey_distance(

@@ -143,10 +143,15 @@ def make_text_copy_example(row_ids: np.ndarray, span: int, rng: np.random.Genera
     seq_len = len(ids)
     if not 2 <= span <= seq_len // 2:
         raise invalid("copy_span", span, f"between 2 and seq_len / 2 = {seq_len // 2}")
-    distance = int(rng.integers(span, seq_len - span + 1))
-    copy_at = seq_len - span
+    return repeat_span_at_end(ids, int(rng.integers(span, seq_len - span + 1)), span)
+
+
+def repeat_span_at_end(ids: np.ndarray, distance: int, span: int, **extra: np.ndarray) -> Example:
+    """`ids` (T,) with its last `span` tokens overwritten, in place, by the span `distance` tokens before them;
+    the answers are the repeat's tokens after its first (the first cannot be predicted)."""
+    copy_at = len(ids) - span
     ids[copy_at:] = ids[copy_at - distance : copy_at - distance + span]
-    return answer_example(ids, copy_at + 1 + np.arange(span - 1))
+    return answer_example(ids, copy_at + 1 + np.arange(span - 1), **extra)
 
 
 def answer_example(ids: np.ndarray, answer_positions: np.ndarray, **extra: np.ndarray) -> Example:

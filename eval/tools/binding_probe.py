@@ -29,6 +29,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedModel
 
 from data.recall import answer_correct, make_recall_batch
+from eval.report import command_line
 from modeling import BCTConfig, BCTForCausalLM
 
 SHAPE = {"vocab_size": 128, "hidden_size": 128, "intermediate_size": 344, "num_hidden_layers": 2}
@@ -124,7 +125,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"bag-of-values level at {args.pairs} pairs: {1 / args.pairs:.0%}", flush=True)
     started = time.perf_counter()
     payload = {
-        "command": "python -m eval binding-probe " + " ".join(argv or []),
+        "command": command_line("eval binding-probe", argv),
         "settings": {k: v for k, v in vars(args).items() if k != "out"},
         "curves": {kind: train(kind, args) for kind in args.models},
         "seconds": time.perf_counter() - started,

@@ -64,11 +64,8 @@ from modeling.configuration_bct import WRITE_RULES
 from training.config import OptimConfig
 from training.optim import build_optimizer, lr_factor
 
-STUDY_RULES = (
-    "retain",
-    "delta",
-    "gated",
-)  # `fifo`, the oldest rule, on request: --rules retain,delta,gated,fifo
+# `fifo`, the oldest rule, runs on request: --rules retain,delta,gated,fifo
+STUDY_RULES = ("retain", "delta", "gated")
 TRAIN_STREAM = 0x7EA1  # separates training rows from evaluation rows drawn with the same seed
 EVAL_SEED = 1234  # every method and seed is scored on the same rows
 # The full-attention twin's chunk: no token ever leaves its window, so any chunk computes the same attention,
