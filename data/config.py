@@ -16,8 +16,9 @@ from pydantic import AfterValidator, Field, model_validator
 
 from data.schema import Bool, Int, Number, Section, Str, allowed, not_allowed, refusal
 
-SYNTHETIC_TASKS = ("passkey", "mqar", "copy")
+SYNTHETIC_TASKS = ("passkey", "mqar", "copy", "induction")
 DEFAULT_SYNTHETIC_TASKS = ("passkey", "mqar")
+INDUCTION_SEGMENT = 32  # tokens per segment of an induction row (data.synthetic.make_induction_example)
 BUILTIN_SOURCES = ("stdlib", "shakespeare")
 HF_PREFIX = "hf:"
 # File types a local source may hold; a directory source reads exactly these (recursively).
@@ -146,6 +147,16 @@ class DataConfig(Section):
         ):
             raise not_allowed(
                 "copy_span", self.copy_span, f"at most seq_len / 2 = {self.seq_len // 2} (two copies per row)"
+            )
+        if (
+            self.synthetic_fraction > 0
+            and "induction" in self.synthetic_tasks
+            and self.seq_len < INDUCTION_SEGMENT
+        ):
+            raise not_allowed(
+                "seq_len",
+                self.seq_len,
+                f"at least {INDUCTION_SEGMENT} (one induction segment) with the induction task",
             )
         return self
 

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from transformers import PreTrainedTokenizerFast
 
-from data.config import DataConfig, invalid
+from data.config import INDUCTION_SEGMENT, DataConfig, invalid
 from data.tokenizer import encode_batch
 
 IGNORE_INDEX = -100
@@ -146,6 +146,27 @@ def make_text_copy_example(row_ids: np.ndarray, span: int, rng: np.random.Genera
     return repeat_span_at_end(ids, int(rng.integers(span, seq_len - span + 1)), span)
 
 
+def make_induction_example(
+    vocab_size: int, seq_len: int, rng: np.random.Generator, segment: int = INDUCTION_SEGMENT, span: int = 8
+) -> Example:
+    """`seq_len` random ids from MQAR's non-special range [V/4, V), cut into `seq_len // segment` segments;
+    each segment's last `span` ids repeat the `span` ids `distance` earlier, `distance` uniform in
+    [span, segment - span] per segment. Answers: every repeated id after its segment's first (span - 1 each)."""
+    if not 2 <= span <= segment // 2 or segment > seq_len:
+        raise ValueError(
+            f"segment = {segment}, span = {span} are not allowed with seq_len = {seq_len}: "
+            "2 <= span <= segment / 2 and segment <= seq_len."
+        )
+    ids = rng.integers(vocab_size // 4, vocab_size, size=seq_len)  # (seq_len,)
+    answers = []
+    for end in range(segment, seq_len + 1, segment):
+        distance = int(rng.integers(span, segment - span + 1))
+        copy_at = end - span
+        ids[copy_at:end] = ids[copy_at - distance : copy_at - distance + span]
+        answers.append(copy_at + 1 + np.arange(span - 1))
+    return answer_example(ids, np.concatenate(answers))
+
+
 def repeat_span_at_end(ids: np.ndarray, distance: int, span: int, **extra: np.ndarray) -> Example:
     """`ids` (T,) with its last `span` tokens overwritten, in place, by the span `distance` tokens before them;
     the answers are the repeat's tokens after its first (the first cannot be predicted)."""
@@ -226,6 +247,8 @@ class SyntheticMixer:
                 example = make_passkey_example(self.tokenizer, ids[row], self.seq_len, depth, rng)
             elif task == "copy":
                 example = make_text_copy_example(ids[row], self.copy_span, rng)
+            elif task == "induction":
+                example = make_induction_example(self.vocab_size, self.seq_len, rng)
             else:
                 example = make_mqar_example(
                     self.vocab_size, self.num_pairs, self.num_queries, self.seq_len, rng

@@ -187,6 +187,11 @@ def test_tokenizer_folder_without_eos(tmp_path, tokenizer):
         build_tokenizer(DataConfig(tokenizer=str(folder)))
 
 
+def test_induction_rows_need_one_segment():
+    with pytest.raises(ValueError, match=r"data.seq_len = 16 is not allowed: .*at least 32"):
+        DataConfig(source="stdlib", seq_len=16, synthetic_fraction=0.5, synthetic_tasks=["induction"])
+
+
 def test_copy_span_longer_than_half_a_row_is_refused():
     with pytest.raises(ValueError, match=r"data.copy_span = 200 is not allowed: .*at most seq_len / 2 = 64"):
         DataConfig(

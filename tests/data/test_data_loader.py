@@ -142,7 +142,11 @@ def test_validation_batches_are_fixed_and_ordered(corpus):
 
 def test_copy_rows_mix_in_with_the_other_tasks(small_cfg):
     cfg = small_cfg.replace(
-        seq_len=128, synthetic_fraction=0.5, synthetic_tasks=["copy", "mqar"], copy_span=16, mqar_num_pairs=8
+        seq_len=128,
+        synthetic_fraction=0.75,
+        synthetic_tasks=["copy", "mqar", "induction"],
+        copy_span=16,
+        mqar_num_pairs=8,
     )
     tokenizer = build_tokenizer(cfg)
     loader = build_train_loader(
@@ -150,8 +154,8 @@ def test_copy_rows_mix_in_with_the_other_tasks(small_cfg):
     )
     batches = take(loader, 6)
     ids, labels = torch.cat([b["input_ids"] for b in batches]), torch.cat([b["labels"] for b in batches])
-    answers = (labels != -100).sum(dim=1)  # (48,) 128 for text rows, 15 for copies, 8 for MQAR
+    answers = (labels != -100).sum(dim=1)  # (48,) 128 for text rows, 15 copies, 8 MQAR, 4 x 7 induction
     copies = answers == 15
-    assert copies.any() and (answers == 8).any()
+    assert copies.any() and (answers == 8).any() and (answers == 28).any()
     for row in ids[copies]:  # the row's end repeats an earlier span of the same row
         assert any(torch.equal(row[a : a + 16], row[112:]) for a in range(0, 97))

@@ -17,7 +17,13 @@ from data import (
     mqar_token_ranges,
     passkey_min_length,
 )
-from data.synthetic import PASSKEY_INTRO, PASSKEY_NEEDLE, PASSKEY_QUESTION, make_text_copy_example
+from data.synthetic import (
+    PASSKEY_INTRO,
+    PASSKEY_NEEDLE,
+    PASSKEY_QUESTION,
+    make_induction_example,
+    make_text_copy_example,
+)
 
 
 @pytest.fixture
@@ -128,3 +134,17 @@ def test_text_copy_repeats_an_earlier_span_of_the_row(filler):
         ValueError, match=r"copy_span = 65 is not allowed: expected between 2 and seq_len / 2 = 64"
     ):
         make_text_copy_example(row, 65, np.random.default_rng(0))
+
+
+def test_induction_rows_repeat_a_span_inside_each_segment():
+    for seed in range(20):
+        example = make_induction_example(400, 96, np.random.default_rng(seed))
+        ids, labels, positions = example["input_ids"], example["labels"], example["answer_positions"]
+        assert ((ids >= 100) & (ids < 400)).all()  # MQAR's non-special ids [V/4, V)
+        assert positions.tolist() == [p for end in (32, 64, 96) for p in range(end - 7, end)]
+        for end in (32, 64, 96):  # each segment's last 8 ids repeat 8 ids 8..24 back, inside the segment
+            starts = [a for a in range(end - 32, end - 15) if torch.equal(ids[a : a + 8], ids[end - 8 : end])]
+            assert starts, f"segment ending at {end} repeats no earlier span"
+        assert torch.equal(labels[positions], ids[positions]) and (labels != IGNORE_INDEX).sum() == 21
+    with pytest.raises(ValueError, match=r"segment = 32, span = 8 are not allowed with seq_len = 16"):
+        make_induction_example(400, 16, np.random.default_rng(0))
