@@ -13,6 +13,7 @@ Tools (eval/tools/; they train, convert or time things for the tasks):
   bench-all      every task on the bench pair, then bench-results/README.md's results section (`make bench`)
   train-pair     train the bench pair: a BCT and its same-shape full-attention twin
   to-llama       turn a full-attention BCT export into a LlamaForCausalLM folder
+  export-source  write a continued-training source (e.g. SmolLM2's GGUF) as a plain HF folder
   recall-study   train small models on the recall curriculum and score recall by distance (`make recall`)
   binding-probe  steps until a plain Llama and the same-shape BCT bind keys to values at all
   bench-train    training tokens/s and peak memory, BCT against Llama
@@ -40,6 +41,7 @@ COMMANDS = {
     "bench-all": "eval.tools.bench_all",
     "train-pair": "eval.tools.train_pair",
     "to-llama": "eval.tools.to_llama",
+    "export-source": "eval.tools.export_source",
     "recall-study": "eval.tools.recall_study",
     "binding-probe": "eval.tools.binding_probe",
     "bench-train": "eval.tools.bench_train",

@@ -1,7 +1,7 @@
 """Step-0 quality of a converted model: does conversion keep the source model's function? (issue 17)
 
     python -m eval conversion [--init-from smollm2] [--slots 0 1 8 16 64] [--window 448 --chunk 64]
-        [--short 512 --long 2048 --rows 4] [--gate-bias-init -4]
+        [--short 512 --long 2048 --rows 4] [--gate-bias-init -4] [--rule retain]
 
 Before any training, the loss of the source model and of its conversions with each `--slots` on held-out
 windows (`eval/corpus.py`; the stdlib by default, the continued-training corpus): `--short` tokens, which the
@@ -46,6 +46,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--long", type=int, default=2048, help="tokens per row beyond the window (0: skip)")
     parser.add_argument("--rows", type=int, default=4)
     parser.add_argument("--gate-bias-init", type=float, default=None, help="memory_gate_bias_init override")
+    parser.add_argument("--rule", default=None, help="memory_write_rule override (default: the conversion's)")
     add_heldout_args(parser)
     parser.set_defaults(source="stdlib")
     args = parser.parse_args(argv)
@@ -67,6 +68,7 @@ def main(argv: list[str] | None = None) -> None:
     rows = [("source, full attention", {k: mean_loss(source, v) for k, v in ids.items()})]
     for slots in args.slots:
         overrides = {} if args.gate_bias_init is None else {"memory_gate_bias_init": args.gate_bias_init}
+        overrides |= {} if args.rule is None else {"memory_write_rule": args.rule}
         bct = convert_to_bct(
             source, memory_slots=slots, window=args.window, chunk_size=args.chunk, **overrides
         )
@@ -74,7 +76,7 @@ def main(argv: list[str] | None = None) -> None:
         rows.append((label, {k: mean_loss(bct, v) for k, v in ids.items()}))
         del bct
 
-    span = f"W = {args.window}, C = {args.chunk}"
+    span = f"W = {args.window}, C = {args.chunk}" + (f", rule {args.rule}" if args.rule else "")
     print(f"\n{args.init_from}, {args.rows} held-out {args.source} rows per length, {span}, no training\n")
     head = " | ".join(f"{n} tokens: loss | ppl" for n in lengths.values())
     print(f"| model | {head} |\n|---|" + "---|---|" * len(lengths))

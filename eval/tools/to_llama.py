@@ -19,6 +19,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedModel
 
 from eval.contenders.baselines.sliding import LLAMA_FAMILY_FIELDS
 from eval.contenders.methods import load_model
+from eval.tools.weight_copy import check_same_logits, copy_weights
 
 _SHARED_FIELDS = (*LLAMA_FAMILY_FIELDS, "attention_bias", "mlp_bias")
 
@@ -30,21 +31,9 @@ def bct_to_llama(bct: PreTrainedModel, check_length: int = 256) -> LlamaForCausa
     if config.model_type != "bct" or config.memory_slots != 0 or config.qk_norm or config.qkv_bias:
         raise ValueError("to-llama needs a BCT with memory_slots = 0 and no q/k norm or q/k/v-only bias.")
     llama = LlamaForCausalLM(LlamaConfig(**{name: getattr(config, name) for name in _SHARED_FIELDS})).eval()
-    weights = {name: t for name, t in bct.state_dict().items() if ".memory." not in name}
-    missing, unexpected = llama.load_state_dict(weights, strict=False)
-    if unexpected or [name for name in missing if name != "lm_head.weight"]:
-        raise ValueError(
-            f"Weights do not map onto Llama: missing {missing[:5]}, unexpected {unexpected[:5]}."
-        )
-    if config.tie_word_embeddings:
-        llama.tie_weights()
+    copy_weights(llama, {name: t for name, t in bct.state_dict().items() if ".memory." not in name})
     length = min(check_length, config.window + 1)  # every query sees all earlier tokens in the BCT too
-    ids = torch.randint(0, config.vocab_size, (1, length), generator=torch.Generator().manual_seed(0))
-    gap = (bct(ids).logits - llama(ids).logits).abs().max().item()
-    if gap > 1e-3:
-        raise ValueError(
-            f"The converted Llama's logits differ from the BCT's by {gap:.2e} on {length} tokens."
-        )
+    check_same_logits(bct, llama, length, "The converted Llama")
     return llama
 
 

@@ -1,4 +1,4 @@
-"""The writes-closed switch and the full-attention BCT -> Llama conversion."""
+"""The writes-closed switch, the full-attention BCT -> Llama conversion and the source export."""
 
 import pytest
 import torch
@@ -48,3 +48,22 @@ def test_full_attention_bct_converts_to_an_equivalent_llama(tokenizer):
 def test_conversion_refuses_a_bct_with_memory(bct):
     with pytest.raises(ValueError, match="memory_slots = 0"):
         bct_to_llama(bct.model)
+
+
+@pytest.mark.slow
+@torch.no_grad()
+def test_export_source_writes_the_gguf_model_as_a_plain_folder(tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from eval.tools import export_source
+    from modeling.convert import load_source
+    from training.init_source import resolve_source
+
+    export_source.main(["--init-from", "smollm2", "--out", str(tmp_path / "source")])
+    plain = AutoModelForCausalLM.from_pretrained(tmp_path / "source").eval()
+    assert plain.config.model_type == "llama" and getattr(plain.config, "quantization_config", None) is None
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "source")
+    ids = tokenizer("The capital of France is", return_tensors="pt").input_ids
+    path, gguf = resolve_source("smollm2")
+    expected = load_source(path, gguf).generate(ids, max_new_tokens=8, do_sample=False)
+    assert torch.equal(plain.generate(ids, max_new_tokens=8, do_sample=False), expected)
