@@ -157,22 +157,26 @@ def make_induction_example(
             f"segment = {segment}, span = {span} are not allowed with seq_len = {seq_len}: "
             "2 <= span <= segment / 2 and segment <= seq_len."
         )
-    ids = rng.integers(vocab_size // 4, vocab_size, size=seq_len)  # (seq_len,)
+    low = mqar_token_ranges(vocab_size)["filler"].start
+    ids = rng.integers(low, vocab_size, size=seq_len)  # (seq_len,)
     answers = []
-    for end in range(segment, seq_len + 1, segment):
+    for start in range(0, seq_len - segment + 1, segment):
         distance = int(rng.integers(span, segment - span + 1))
-        copy_at = end - span
-        ids[copy_at:end] = ids[copy_at - distance : copy_at - distance + span]
-        answers.append(copy_at + 1 + np.arange(span - 1))
+        answers.append(start + repeat_span_in_place(ids[start : start + segment], distance, span))
     return answer_example(ids, np.concatenate(answers))
 
 
 def repeat_span_at_end(ids: np.ndarray, distance: int, span: int, **extra: np.ndarray) -> Example:
-    """`ids` (T,) with its last `span` tokens overwritten, in place, by the span `distance` tokens before them;
-    the answers are the repeat's tokens after its first (the first cannot be predicted)."""
+    """The example of `ids` (T,) after `repeat_span_in_place`."""
+    return answer_example(ids, repeat_span_in_place(ids, distance, span), **extra)
+
+
+def repeat_span_in_place(ids: np.ndarray, distance: int, span: int) -> np.ndarray:
+    """Overwrite the last `span` tokens of `ids` (T,), in place, by the span `distance` tokens before them;
+    return the answer positions, the repeat's tokens after its first (the first cannot be predicted)."""
     copy_at = len(ids) - span
     ids[copy_at:] = ids[copy_at - distance : copy_at - distance + span]
-    return answer_example(ids, copy_at + 1 + np.arange(span - 1), **extra)
+    return copy_at + 1 + np.arange(span - 1)
 
 
 def answer_example(ids: np.ndarray, answer_positions: np.ndarray, **extra: np.ndarray) -> Example:

@@ -11,6 +11,7 @@ same logits, and saves that with the tokenizer: the original model the continued
 from __future__ import annotations
 
 import argparse
+import copy
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
@@ -24,7 +25,7 @@ from training.init_source import resolve_source
 def plain_copy(source: PreTrainedModel, check_length: int = 64) -> PreTrainedModel:
     """A float32 model of `source`'s config without its quantization settings, holding its weights; raises if
     the weights do not map one to one or the logits differ on a random sequence."""
-    config = source.config
+    config = copy.deepcopy(source.config)  # the source keeps its own
     if hasattr(config, "quantization_config"):
         del config.quantization_config
     plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
