@@ -5,7 +5,9 @@ Field names follow `LlamaConfig`; the capacity fields are new:
 
 - `memory_slots` (M): learned, position-free key/value slots per layer and KV head;
 - `window` (W): exact recent tokens every query sees (a multiple of `chunk_size`);
-- `chunk_size` (C): tokens leave the window C at a time and are written into the slots.
+- `chunk_size` (C): tokens leave the window C at a time and are written into the slots;
+- `memory_sink_slots` (S, `retain` only): the first S slots keep their learned initial contents for good (a
+  learned attention sink, StreamingLLM's sink tokens made position-free); the other M - S are written.
 
 At inference every layer holds exactly `kv_capacity = M + W + C` key/value entries per KV head, whatever
 the context length, so the cache is `2 · layers · kv_heads · head_dim · kv_capacity · dtype_bytes · batch`
@@ -65,6 +67,7 @@ class BCTConfig(PreTrainedConfig):
     window: int = 64
     chunk_size: int = 32
     memory_write_rule: str = "gated"
+    memory_sink_slots: int = 0  # of the M slots, how many are never written (retain only)
     # Bias of the write gate at init: 0 opens writes halfway; conversion uses a negative value ("nearly closed").
     memory_gate_bias_init: float = 0.0
     # Cached forwards longer than this run segment by segment through all layers (bounded activation memory).
@@ -107,6 +110,16 @@ class BCTConfig(PreTrainedConfig):
             value = getattr(self, field)
             if not _is_int(value) or value < 0:
                 raise _invalid(field, value, "an integer >= 0")
+        if not _is_int(self.memory_sink_slots) or not 0 <= self.memory_sink_slots <= max(
+            self.memory_slots - 1, 0
+        ):
+            raise _invalid(
+                "memory_sink_slots",
+                self.memory_sink_slots,
+                f"an integer in [0, memory_slots - 1 = {self.memory_slots - 1}] (at least one slot must be writable)"
+                if self.memory_slots > 0
+                else "0 when memory_slots = 0",
+            )
         if self.window % self.chunk_size != 0:
             raise _invalid(
                 "window",
@@ -131,6 +144,12 @@ class BCTConfig(PreTrainedConfig):
             raise _invalid("hidden_act", self.hidden_act, f"one of {sorted(ACT2FN)}")
         if self.memory_write_rule not in WRITE_RULES:
             raise _invalid("memory_write_rule", self.memory_write_rule, f"one of {list(WRITE_RULES)}")
+        if self.memory_sink_slots and self.memory_write_rule != "retain":
+            raise _invalid(
+                "memory_sink_slots",
+                self.memory_sink_slots,
+                f"0 with memory_write_rule = {self.memory_write_rule!r} (sink slots are a 'retain' option)",
+            )
         for field in ("rms_norm_eps", "initializer_range", "memory_gate_bias_init", "attention_dropout"):
             value = getattr(self, field)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):

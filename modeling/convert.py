@@ -10,7 +10,14 @@ model computes (issue 17):
 - every slot's read bias is `CONVERSION_READ_BIAS - ln M`, so the M slots together take the mass of one
   BOS-like key whose logit is lowered by 6: the un-rotated sink logit is never seen by the source, and M
   copies of it at full weight broke the model (SmolLM2-135M: perplexity 7.9 -> 1,127 at M = 64);
-- the write gates start nearly closed (`CONVERSION_GATE_BIAS`).
+- the write gates start nearly closed (`CONVERSION_GATE_BIAS`);
+- under `retain`, slots hold exact evicted tokens once the window overflows, and the sink above would be
+  evicted with them. With `memory_sink_slots = S > 0` the first S slots stay sinks (read bias
+  `CONVERSION_READ_BIAS - ln S`) and the M - S retained tokens are read with `CONVERSION_RETAIN_READ_BIAS -
+  ln(M - S)` each. Measured on SmolLM2-135M at M = 64, W = 448, C = 64, 3 held-out stdlib rows of 2,048
+  tokens, before training (source with full attention: loss 1.759): no sinks, retained bias -6 / -4 / -2:
+  2.267 / 2.240 / 2.269; 4 sinks with retained bias -12 / -8 / -6 / -4 per slot: 2.075 / 2.058 / 2.077 /
+  2.322 (-8 per slot is -4 - ln 60).
 
 Measured on SmolLM2-135M (README, "Models: from scratch or continued"): with the window covering 512-token
 inputs the loss is within 0.2% of the source's for M = 1, 8, 16, 64; beyond the window the converted model
@@ -37,6 +44,8 @@ CONVERSION_GATE_BIAS = -6.0  # σ(-6) ≈ 0.0025: writes nearly closed at the st
 # Read bias of the whole memory (each slot: this - ln M), measured on SmolLM2-135M: -4 is +0.1% loss with the
 # window covering 512 tokens, -3 is +4.4%; -6 leaves a margin and still helps beyond the window.
 CONVERSION_READ_BIAS = -6.0
+# Read bias of the M - S retained tokens together under `retain` (each: this - ln(M - S)); measured above.
+CONVERSION_RETAIN_READ_BIAS = -4.0
 SLOT_NOISE = 1e-2  # relative to the sink key scale; breaks the symmetry between identical slots
 
 
@@ -136,7 +145,8 @@ def convert_to_bct(
 @torch.no_grad()
 def _init_memory_as_null_sink(bct: BCTForCausalLM, source: PreTrainedModel) -> None:
     """Every slot of layer l: key = the source's (pre-RoPE) BOS key at layer l (+ noise), value = 0, read bias
-    `CONVERSION_READ_BIAS - ln M`."""
+    `CONVERSION_READ_BIAS - ln M`; under `retain` with S sink slots, the sinks' bias is
+    `CONVERSION_READ_BIAS - ln S` and the retained slots' `CONVERSION_RETAIN_READ_BIAS - ln(M - S)`."""
     captured: dict[int, torch.Tensor] = {}
     hooks = []
     for index, layer in enumerate(source.model.layers):
@@ -161,7 +171,12 @@ def _init_memory_as_null_sink(bct: BCTForCausalLM, source: PreTrainedModel) -> N
         noise = torch.randn(kv_heads, slots, head_dim, generator=generator) * sink.std() * SLOT_NOISE
         memory.init_keys.copy_(sink.expand(kv_heads, slots, head_dim) + noise)
         memory.init_values.zero_()
-        memory.read_bias.fill_(CONVERSION_READ_BIAS - math.log(slots))
+        sinks = bct.config.memory_sink_slots
+        if bct.config.memory_write_rule == "retain" and sinks > 0:
+            memory.read_bias[:, :sinks] = CONVERSION_READ_BIAS - math.log(sinks)
+            memory.read_bias[:, sinks:] = CONVERSION_RETAIN_READ_BIAS - math.log(slots - sinks)
+        else:
+            memory.read_bias.fill_(CONVERSION_READ_BIAS - math.log(slots))
 
 
 def _check_architecture(model_type: str) -> None:

@@ -20,7 +20,9 @@ over pre-RoPE keys, so that rules can be compared in ablations (docs/design.md �
 - `retain`: exact retention of evicted tokens. The memory keeps the exact pre-RoPE key/value of the M
   entries with the highest learned retention score `s = u·[k; v] + c` among [memory ; evicted chunk], the
   same hard top-M in training and decoding; `log σ(s)` is added to those entries' attention logits, which is
-  how the score learns (TRIM-KV, Locret). FastKV/SnapKV-style selection, trained into the weights.
+  how the score learns (TRIM-KV, Locret). FastKV/SnapKV-style selection, trained into the weights. The first
+  `memory_sink_slots` slots are never replaced: they keep their learned initial contents as attention sinks
+  (a converted model's BOS-like sink would otherwise be evicted by the first tokens that score higher).
 - `fifo`: a learned FIFO; each chunk is pooled into one key/value with learned attention weights and
   pushed into the slots, the oldest slot dropping out.
 """
@@ -163,11 +165,13 @@ class DeltaSlotWrite(AddressedWrite):
 
 
 class RetainWrite(MemoryWrite):
-    """Keeps the M entries of [memory ; evicted chunk] with the highest retention score. Features per token:
-    [k | v]; the score is recomputed from an entry's contents wherever it is needed."""
+    """Keeps, after the S sink slots, the M - S entries of [memory after the sinks ; evicted chunk] with the
+    highest retention score. Features per token: [k | v]; the score is recomputed from an entry's contents
+    wherever it is needed."""
 
-    def __init__(self, num_kv_heads: int, head_dim: int):
+    def __init__(self, num_kv_heads: int, head_dim: int, sink_slots: int = 0):
         super().__init__()
+        self.sink_slots = sink_slots
         self.score = nn.Parameter(torch.zeros(num_kv_heads, 2 * head_dim, 1))  # u, (G, 2d, 1)
         self.score_bias = nn.Parameter(torch.zeros(num_kv_heads, 1, 1))  # c
 
@@ -187,11 +191,13 @@ class RetainWrite(MemoryWrite):
         return torch.cat((k, v), dim=-1)
 
     def forward(self, mem, features):
-        slots = mem.shape[2]
-        pool = torch.cat((mem, features), dim=2)  # (B, G, M + C, 2d)
-        keep = self.scores(pool.detach()).topk(slots, dim=-1).indices.sort(dim=-1).values  # (B, G, M)
-        new_mem = pool.gather(2, keep.unsqueeze(-1).expand(-1, -1, -1, pool.shape[-1]))
-        return new_mem, (keep >= slots).to(mem.dtype)  # gate: 1 where a slot took a new token
+        sinks, kept = mem[:, :, : self.sink_slots], mem[:, :, self.sink_slots :]  # (B, G, S | M - S, 2d)
+        slots = kept.shape[2]
+        pool = torch.cat((kept, features), dim=2)  # (B, G, M - S + C, 2d)
+        keep = self.scores(pool.detach()).topk(slots, dim=-1).indices.sort(dim=-1).values  # (B, G, M - S)
+        new_mem = torch.cat((sinks, pool.gather(2, keep.unsqueeze(-1).expand(-1, -1, -1, pool.shape[-1]))), 2)
+        took = torch.cat((torch.zeros_like(sinks[..., 0]), (keep >= slots).to(mem.dtype)), dim=-1)
+        return new_mem, took  # gate (B, G, M): 1 where a slot took a new token
 
     def read_bias(self, mem_k, mem_v):
         return F.logsigmoid(self.scores(torch.cat((mem_k, mem_v), dim=-1)))
@@ -224,7 +230,7 @@ def make_write(config: BCTConfig) -> MemoryWrite:
     if rule == "delta":
         return DeltaSlotWrite(kv_heads, slots, head_dim, config.memory_gate_bias_init)
     if rule == "retain":
-        return RetainWrite(kv_heads, head_dim)
+        return RetainWrite(kv_heads, head_dim, config.memory_sink_slots)
     return FifoWrite(kv_heads, head_dim)
 
 

@@ -202,6 +202,8 @@ def _body(
     fp32 = config.kv_cache_bytes(batch_size=1, dtype=torch.float32)
     bf16 = config.kv_cache_bytes(batch_size=1, dtype=torch.bfloat16)
     reach = layers * (config.window + config.chunk_size)
+    sink_slots = getattr(config, "memory_sink_slots", 0)
+    sinks = f" ({sink_slots} of them are learned sinks that are never written)" if sink_slots else ""
     data = run_config["data"]
     tied = (
         "tied input/output embeddings" if config.tie_word_embeddings else "separate input/output embeddings"
@@ -278,8 +280,8 @@ applications.
 - **What is exact:** the last {config.window}–{config.window + config.chunk_size} tokens at every layer (the
   window and the current chunk). Stacked, {layers} layers reach about {reach:,} tokens back.
 - **What the memory does:** tokens that leave the window are written, {config.chunk_size} at a time, into
-  {config.memory_slots} slots by the learned `{config.memory_write_rule}` write rule; every query reads slots
-  and window in one softmax.
+  {config.memory_slots} slots by the learned `{config.memory_write_rule}` write rule{sinks};
+  every query reads slots and window in one softmax.
 - **What it does not do at this size:** in the project's measurements a 4-layer model (1,500 steps,
   3.1 M tokens, half synthetic recall rows) did not use its writes (closing them changed held-out loss by
   0.002 nats) and retrieved no passkey or key–value pair past the window, like every baseline, full

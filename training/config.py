@@ -39,7 +39,13 @@ from training.init_source import SMOLLM2_ALIASES, resolve_source
 
 # BCT fields that make sense on top of a converted checkpoint (the rest of the architecture is the source's).
 CAPACITY_FIELDS = ("memory_slots", "window", "chunk_size")
-CONVERSION_FIELDS = (*CAPACITY_FIELDS, "memory_write_rule", "memory_gate_bias_init", "prefill_segment_len")
+CONVERSION_FIELDS = (
+    *CAPACITY_FIELDS,
+    "memory_write_rule",
+    "memory_sink_slots",
+    "memory_gate_bias_init",
+    "prefill_segment_len",
+)
 # Keys of a config.json written by save_pretrained that are not BCTConfig fields.
 _HF_BOOKKEEPING = ("model_type", "architectures", "auto_map", "transformers_version", "dtype", "torch_dtype")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")

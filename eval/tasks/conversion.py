@@ -1,7 +1,7 @@
 """Step-0 quality of a converted model: does conversion keep the source model's function? (issue 17)
 
     python -m eval conversion [--init-from smollm2] [--slots 0 1 8 16 64] [--window 448 --chunk 64]
-        [--short 512 --long 2048 --rows 4] [--gate-bias-init -4] [--rule retain]
+        [--short 512 --long 2048 --rows 4] [--gate-bias-init -4] [--rule retain [--sink-slots 4]]
 
 Before any training, the loss of the source model and of its conversions with each `--slots` on held-out
 windows (`eval/corpus.py`; the stdlib by default, the continued-training corpus): `--short` tokens, which the
@@ -47,6 +47,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rows", type=int, default=4)
     parser.add_argument("--gate-bias-init", type=float, default=None, help="memory_gate_bias_init override")
     parser.add_argument("--rule", default=None, help="memory_write_rule override (default: the conversion's)")
+    parser.add_argument("--sink-slots", type=int, default=0, help="memory_sink_slots (retain) where M > it")
     add_heldout_args(parser)
     parser.set_defaults(source="stdlib")
     args = parser.parse_args(argv)
@@ -69,6 +70,7 @@ def main(argv: list[str] | None = None) -> None:
     for slots in args.slots:
         overrides = {} if args.gate_bias_init is None else {"memory_gate_bias_init": args.gate_bias_init}
         overrides |= {} if args.rule is None else {"memory_write_rule": args.rule}
+        overrides |= {"memory_sink_slots": args.sink_slots} if 0 < args.sink_slots < slots else {}
         bct = convert_to_bct(
             source, memory_slots=slots, window=args.window, chunk_size=args.chunk, **overrides
         )
@@ -77,6 +79,7 @@ def main(argv: list[str] | None = None) -> None:
         del bct
 
     span = f"W = {args.window}, C = {args.chunk}" + (f", rule {args.rule}" if args.rule else "")
+    span += f", {args.sink_slots} sink slots" if args.sink_slots else ""
     print(f"\n{args.init_from}, {args.rows} held-out {args.source} rows per length, {span}, no training\n")
     head = " | ".join(f"{n} tokens: loss | ppl" for n in lengths.values())
     print(f"| model | {head} |\n|---|" + "---|---|" * len(lengths))

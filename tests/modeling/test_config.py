@@ -19,6 +19,9 @@ BAD_VALUES = [
     ("window", -4, ">= 0"),
     ("memory_slots", -1, ">= 0"),
     ("memory_write_rule", "lru", "one of"),
+    ("memory_sink_slots", -1, "[0, memory_slots - 1 = 3]"),
+    ("memory_sink_slots", 4, "at least one slot must be writable"),
+    ("memory_sink_slots", 1.5, "an integer in"),
     ("memory_gate_bias_init", float("nan"), "finite"),
     ("prefill_segment_len", 0, "positive integer"),
     ("max_position_embeddings", 0, "positive integer"),
@@ -53,3 +56,11 @@ def test_good_config_round_trips_through_json(tmp_path):
     loaded = BCTConfig.from_pretrained(tmp_path)
     assert loaded.kv_capacity == config.kv_capacity == 16
     assert loaded.to_diff_dict() == config.to_diff_dict()
+
+
+def test_sink_slots_are_a_retain_option():
+    with pytest.raises(
+        ValueError, match=r"BCTConfig.memory_sink_slots = 1 .*0 with memory_write_rule = 'gated'"
+    ):
+        BCTConfig(**{**TINY, "memory_sink_slots": 1})
+    assert BCTConfig(**{**TINY, "memory_write_rule": "retain", "memory_sink_slots": 3}).memory_sink_slots == 3

@@ -19,7 +19,7 @@ from transformers import (
 )
 
 from modeling import BCTForCausalLM, convert_to_bct
-from modeling.convert import CONVERSION_READ_BIAS
+from modeling.convert import CONVERSION_READ_BIAS, CONVERSION_RETAIN_READ_BIAS
 
 SHAPE = dict(
     vocab_size=101, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
@@ -164,3 +164,19 @@ def test_smollm2_gguf_conversion_with_the_shipped_capacity_keeps_the_loss(config
     bct = convert_to_bct(source, **kwargs)
     expected = cross_entropy(source(ids).logits, ids)
     assert abs(cross_entropy(bct(ids, use_cache=False).logits, ids) / expected - 1) <= 0.01
+
+
+@torch.no_grad()
+def test_retain_conversion_keeps_its_sink_slots_apart_from_the_retained_tokens():
+    """`retain` with S sink slots: the sinks take the null sink's read bias (CONVERSION_READ_BIAS - ln S), the
+    retained slots CONVERSION_RETAIN_READ_BIAS - ln(M - S); the window still covers the input exactly."""
+    source = random_source("llama")
+    bct = convert_to_bct(
+        source, memory_slots=8, window=56, chunk_size=8, memory_write_rule="retain", memory_sink_slots=2
+    )
+    memory = bct.model.layers[1].self_attn.memory
+    assert torch.allclose(memory.read_bias[:, :2], torch.tensor(CONVERSION_READ_BIAS - math.log(2)))
+    assert torch.allclose(memory.read_bias[:, 2:], torch.tensor(CONVERSION_RETAIN_READ_BIAS - math.log(6)))
+    ids = torch.randint(0, SHAPE["vocab_size"], (2, 64), generator=torch.Generator().manual_seed(1))
+    expected, logits = source(ids).logits, bct(ids, use_cache=False).logits
+    assert (logits - expected).abs().max() <= 0.03 * expected.std()

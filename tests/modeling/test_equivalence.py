@@ -126,3 +126,25 @@ def test_bf16_forward_and_decode_follow_float32():
     assert parallel.dtype == torch.float32 and decoded.isfinite().all()
     assert (parallel - reference).abs().max() < 0.1
     assert (decoded.float() - reference).abs().max() < 0.1
+
+
+@pytest.mark.parametrize("segment", [1, 5], ids=lambda s: f"segment{s}")
+@torch.no_grad()
+def test_retain_sink_slots_are_never_written(segment):
+    """`memory_sink_slots`: the first S slots keep their initial contents through a long prefill and decode,
+    the other M - S take evicted tokens, and chunked prefill/decode still equal the parallel forward."""
+    sinks = 2
+    model = tiny_model(memory_write_rule="retain", memory_sink_slots=sinks)
+    ids = torch.randint(0, TINY["vocab_size"], (2, LENGTH))
+    parallel = model(ids, use_cache=False).logits
+    chunked, cache = prefill_in_segments(model, ids, segment)
+    assert (chunked - parallel).abs().max() <= TOL
+    for layer, state in zip(model.model.layers, cache.layers):
+        memory = layer.self_attn.memory
+        assert torch.equal(state.mem_keys[:, :, :sinks], memory.init_keys[:, :sinks].expand(2, -1, -1, -1))
+        assert torch.equal(
+            state.mem_values[:, :, :sinks], memory.init_values[:, :sinks].expand(2, -1, -1, -1)
+        )
+        assert (
+            state.mem_keys[:, :, sinks:] - memory.init_keys[:, sinks:]
+        ).abs().max() > 1e-2  # the rest moved

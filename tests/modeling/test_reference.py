@@ -1,5 +1,7 @@
 """The fast paths against the token-by-token reference: outputs, final memory and every gradient."""
 
+import math
+
 import pytest
 import torch
 
@@ -106,3 +108,26 @@ def test_rule_scan_matches_its_one_step_loop(rule):
     names = ["mem", "k", "v"] + [name for name, _ in write.named_parameters()]
     for name, a, b in zip(names, batched[2], stepped[2]):
         assert torch.allclose(a, b, atol=1e-10), name
+
+
+@pytest.mark.parametrize("sinks", [0, 1, 3])
+def test_retain_keeps_the_sinks_then_the_top_scored_entries_in_order(sinks):
+    """RetainWrite against a plain per-row selection: the S sink slots unchanged, then the M - S entries of
+    [memory after the sinks ; chunk] with the highest scores, in their original order."""
+    write = (
+        tiny_model(memory_write_rule="retain", memory_sink_slots=sinks).model.layers[0].self_attn.memory.write
+    )
+    slots, chunk = TINY["memory_slots"], 6
+    mem = torch.randn(2, 2, slots, 32)
+    features = torch.randn(2, 2, chunk, 32)
+    with torch.no_grad():
+        new_mem, took = write(mem, features)
+    for b in range(2):
+        for g in range(2):
+            pool = list(mem[b, g, sinks:]) + list(features[b, g])
+            u, c = write.score[g, :, 0].detach(), float(write.score_bias[g])
+            scores = [float(entry @ u) / math.sqrt(16) + c for entry in pool]
+            best = sorted(sorted(range(len(pool)), key=lambda i: -scores[i])[: slots - sinks])
+            expected = torch.stack([*mem[b, g, :sinks], *(pool[i] for i in best)])
+            assert torch.allclose(new_mem[b, g], expected)
+            assert took[b, g].tolist() == [0.0] * sinks + [float(i >= slots - sinks) for i in best]

@@ -159,3 +159,24 @@ def test_card_of_a_local_continued_model_names_its_source(tiny_llama_dir, tmp_pa
     assert "a local llama checkpoint `model`" in card.text and "could not read" in card.text
     assert str(tiny_llama_dir) not in card.text
     assert int(card.text.split("**")[1].split()[0].replace(",", "")) == model.num_parameters()
+
+
+@pytest.mark.parametrize("sinks", [0, 2])
+def test_card_says_how_many_slots_are_sinks(sinks, tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    fields = json.loads((REPO / "configs" / "model" / "debug.json").read_text())
+    config = BCTConfig(**{**fields, "memory_write_rule": "retain", "memory_sink_slots": sinks})
+    out = tmp_path / "export"
+    BCTForCausalLM(config).save_pretrained(out)
+    kwargs = dict(
+        metrics={"val/loss": 3.5, "val/ppl": 33.1},
+        sample=None,
+        step=1,
+        command="train.py",
+        repo_id=None,
+        revision=None,
+    )
+    write_model_card(out, config, _run_config(tmp_path / "run"), **kwargs)
+    text = check_card(out, tmp_path).text
+    assert "by the learned `retain` write rule" in text
+    assert ("2 of them are learned sinks that are never written" in text) == (sinks == 2)
