@@ -125,7 +125,7 @@ def test_retain_keeps_the_sinks_then_the_top_scored_entries_in_order(sinks):
     for b in range(2):
         for g in range(2):
             pool = list(mem[b, g, sinks:]) + list(features[b, g])
-            u, c = write.score[g, :, 0].detach(), float(write.score_bias[g])
+            u, c = write.score[g, :, 0].detach(), float(write.score_bias[g].detach())
             scores = [float(entry @ u) / math.sqrt(16) + c for entry in pool]
             best = sorted(sorted(range(len(pool)), key=lambda i: -scores[i])[: slots - sinks])
             expected = torch.stack([*mem[b, g, :sinks], *(pool[i] for i in best)])
