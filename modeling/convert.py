@@ -171,8 +171,8 @@ def _init_memory_as_null_sink(bct: BCTForCausalLM, source: PreTrainedModel) -> N
         noise = torch.randn(kv_heads, slots, head_dim, generator=generator) * sink.std() * SLOT_NOISE
         memory.init_keys.copy_(sink.expand(kv_heads, slots, head_dim) + noise)
         memory.init_values.zero_()
-        sinks = bct.config.memory_sink_slots
-        if bct.config.memory_write_rule == "retain" and sinks > 0:
+        sinks = bct.config.memory_sink_slots  # > 0 only under `retain` (BCTConfig refuses the rest)
+        if sinks > 0:
             memory.read_bias[:, :sinks] = CONVERSION_READ_BIAS - math.log(sinks)
             memory.read_bias[:, sinks:] = CONVERSION_RETAIN_READ_BIAS - math.log(slots - sinks)
         else:

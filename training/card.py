@@ -202,7 +202,7 @@ def _body(
     fp32 = config.kv_cache_bytes(batch_size=1, dtype=torch.float32)
     bf16 = config.kv_cache_bytes(batch_size=1, dtype=torch.bfloat16)
     reach = layers * (config.window + config.chunk_size)
-    sink_slots = getattr(config, "memory_sink_slots", 0)
+    sink_slots = config.memory_sink_slots
     sinks = f" ({sink_slots} of them are learned sinks that are never written)" if sink_slots else ""
     data = run_config["data"]
     tied = (
