@@ -144,6 +144,12 @@ def main(argv: list[str] | None = None) -> dict:
         "(one prefill per run; smaller than the budget's entries less the observation window)",
     )
     add_heldout_args(parser)
+    parser.add_argument(
+        "--join-documents",
+        action="store_true",
+        help="pack the held-out documents into one stream (an eos after each, as in training) before "
+        "cutting windows: for contexts longer than any one held-out document",
+    )
     args = parser.parse_args(argv)
 
     methods, extra = methods_from_args(args)
@@ -156,7 +162,7 @@ def main(argv: list[str] | None = None) -> dict:
             except ValueError as error:
                 parser.error(str(error))
     texts = heldout_documents(args.source, args.validation_fraction, args.cache_dir)
-    windows = token_windows(extra["tokenizer"], texts, args.context, args.windows)
+    windows = token_windows(extra["tokenizer"], texts, args.context, args.windows, args.join_documents)
     edges = bucket_edges(args.context, args.buckets, args.bucket_width)
     costs: dict[str, CompressionCost] = {}
     rows, summary = evaluate(methods, windows, edges, args.compress_every, costs)
@@ -168,6 +174,7 @@ def main(argv: list[str] | None = None) -> dict:
         "compress_every": args.compress_every,
         "source": args.source,
         "validation_fraction": args.validation_fraction,
+        "join_documents": args.join_documents,
     }
     payload = {**header("perplexity", argv, methods, settings), "rows": rows, "summary": summary}
     if costs:
