@@ -5,9 +5,9 @@ trainer uses; pass the training run's `validation_fraction` (default 0.02, DataC
 text the model never saw. The default corpus is the Shakespeare plays (`source: shakespeare`); at 0.02 the
 held-out side is one play in both editions (~80 K tokens with a 4 K BPE). Each document is cut into
 consecutive, non-overlapping windows of `context` tokens; every window is one evaluation stream that starts
-at position 0. With `join` (perplexity's `--join-documents`) the held-out documents are first packed into one stream with an eos
-after each, as the trainer packs its rows, for contexts longer than any one held-out document (stdlib's
-longest is ~48 K SmolLM2 tokens).
+at position 0. With `join` (perplexity's `--join-documents`) the held-out documents are first packed into
+one stream with an eos after each, as the trainer packs its rows, for contexts longer than any one held-out
+document (stdlib's longest is ~48 K SmolLM2 tokens).
 """
 
 from __future__ import annotations
@@ -54,11 +54,10 @@ def token_windows(
     """Up to `count` windows (context,) int64 of consecutive tokens, cut from each text in turn, or with
     `join` from all texts packed into one stream (an eos after each, as in training)."""
     if join:
-        rows, _ = pack_rows(tokenize_documents(tokenizer, texts), tokenizer.eos_token_id, context)
-        if not len(rows):
-            total = sum(len(ids) + 1 for ids in tokenize_documents(tokenizer, texts))
+        rows, dropped = pack_rows(tokenize_documents(tokenizer, texts), tokenizer.eos_token_id, context)
+        if not len(rows):  # then every joined token was dropped as the tail
             raise ValueError(
-                f"context = {context} is not allowed: the held-out documents hold {total} tokens joined; "
+                f"context = {context} is not allowed: the held-out documents hold {dropped} tokens joined; "
                 "use a shorter context or a larger validation fraction / another source."
             )
         return [row.astype(np.int64) for row in rows[:count]]
