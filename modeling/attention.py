@@ -9,7 +9,8 @@ Three implementations of the same function, side by side:
 - `reference_attention`: a plain token-by-token loop at absolute positions, obviously right; the tests hold
   the two fast paths to it on outputs, final memory and gradients.
 
-Read rule (docs/design.md §1): memory logits use the un-rotated query against position-free memory keys;
+Read rule (docs/design.md §1): memory logits use the un-rotated query against position-free memory keys
+(rotated by the fixed distance `memory_read_distance`, `BCTMemory.read_keys`);
 window logits use rotated queries and keys; both scaled by 1/√d, the memory logits then shifted by a
 learned per-slot bias (`BCTMemory.read_bias`), and normalised by one softmax.
 Write rule: chunk i's queries see the memory after `max(0, i - W/C)` chunk writes and the window
@@ -190,7 +191,9 @@ class BCTAttention(nn.Module):
         k_win = k_rot.unfold(2, window + chunk, chunk)[:, :, first:]  # (B, G, nq, d, W + C)
         v_win = F.pad(v, (0, 0, window, 0)).unfold(2, window + chunk, chunk)[:, :, first:].transpose(-1, -2)
 
-        scores_mem = torch.matmul(q_raw, read_k.transpose(-1, -2))  # (B, G, nq, R·C, M)
+        scores_mem = torch.matmul(
+            q_raw, self.memory.read_keys(read_k).transpose(-1, -2)
+        )  # (B, G, nq, R·C, M)
         scores_mem = scores_mem + self.memory.logit_bias(read_k, read_v).unsqueeze(-2)
         scores_win = torch.matmul(q_rot, k_win)  # (B, G, nq, R·C, W + C)
         visible = chunk_mask(num_chunks, first, window, chunk, q.device).repeat(1, rep, 1)  # (nq, R·C, W + C)
@@ -235,7 +238,7 @@ class BCTAttention(nn.Module):
         # angle leaves their scores unchanged and lets one rotated query read everything.
         q_rot = apply_rotary(q.view(batch, kv_heads, rep, head_dim), plan.cos_q, plan.sin_q)
         keys = apply_rotary(
-            torch.cat((mem_k, ring_k), dim=2), plan.cos_keys, plan.sin_keys
+            torch.cat((self.memory.read_keys(mem_k), ring_k), dim=2), plan.cos_keys, plan.sin_keys
         )  # (B, G, M+W+C, d)
         values = torch.cat((mem_v, ring_v), dim=2)
         # This layer's read bias on the memory columns: (B, G, 1, M+W+C)
@@ -331,7 +334,8 @@ def reference_attention(
         values = v[:, :, lo : p + 1].repeat_interleave(rep, dim=1)
         query = q[:, :, p : p + 1]  # (B, H, 1, d)
         query_rot = apply_rotary(query, cos[p], sin[p])
-        mem_logits = query @ mem_k.repeat_interleave(rep, dim=1).transpose(-1, -2) * scale  # (B, H, 1, M)
+        mem_keys = memory.read_keys(mem_k).repeat_interleave(rep, dim=1)  # (B, H, M, d) at distance δ
+        mem_logits = query @ mem_keys.transpose(-1, -2) * scale  # (B, H, 1, M)
         mem_logits = mem_logits + memory.logit_bias(mem_k, mem_v).repeat_interleave(rep, dim=1).unsqueeze(2)
         logits = torch.cat((mem_logits, query_rot @ keys.transpose(-1, -2) * scale), dim=-1)
         probs = torch.softmax(logits.float(), dim=-1).to(q.dtype)

@@ -7,7 +7,11 @@ Field names follow `LlamaConfig`; the capacity fields are new:
 - `window` (W): exact recent tokens every query sees (a multiple of `chunk_size`);
 - `chunk_size` (C): tokens leave the window C at a time and are written into the slots;
 - `memory_sink_slots` (S, `retain` only): the first S slots keep their learned initial contents for good (a
-  learned attention sink, StreamingLLM's sink tokens made position-free); the other M - S are written.
+  learned attention sink, StreamingLLM's sink tokens made position-free); the other M - S are written;
+- `memory_read_distance` (δ): every query reads the memory as if its entries sat δ positions behind it (the
+  RoPE angle of distance δ, the same at any context length, so the memory stays position-free). 0 reads
+  at the query's own angle; a converted model reads at δ = its window, where the source saw the tokens the
+  window evicted (docs/design.md §4).
 
 At inference every layer holds exactly `kv_capacity = M + W + C` key/value entries per KV head, whatever
 the context length, so the cache is `2 · layers · kv_heads · head_dim · kv_capacity · dtype_bytes · batch`
@@ -68,6 +72,7 @@ class BCTConfig(PreTrainedConfig):
     chunk_size: int = 32
     memory_write_rule: str = "gated"
     memory_sink_slots: int = 0  # of the M slots, how many are never written (retain only)
+    memory_read_distance: int = 0  # δ: memory entries are read at the RoPE angle of this distance
     # Bias of the write gate at init: 0 opens writes halfway; conversion uses a negative value ("nearly closed").
     memory_gate_bias_init: float = 0.0
     # Cached forwards longer than this run segment by segment through all layers (bounded activation memory).
@@ -106,7 +111,7 @@ class BCTConfig(PreTrainedConfig):
             value = getattr(self, field)
             if not _is_int(value) or value < 1:
                 raise _invalid(field, value, "a positive integer")
-        for field in ("memory_slots", "window"):
+        for field in ("memory_slots", "window", "memory_read_distance"):
             value = getattr(self, field)
             if not _is_int(value) or value < 0:
                 raise _invalid(field, value, "an integer >= 0")

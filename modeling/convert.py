@@ -18,6 +18,13 @@ model computes (issue 17):
   tokens, before training (source with full attention: loss 1.759): no sinks, retained bias -6 / -4 / -2:
   2.267 / 2.240 / 2.269; 4 sinks with retained bias -12 / -8 / -6 / -4 per slot: 2.075 / 2.058 / 2.077 /
   2.322 (-8 per slot is -4 - ln 60).
+- with `memory_read_distance` δ > 0 (the memory is read as keys δ positions behind the query), the S sinks
+  are the source's BOS token itself, key and value, at one BOS token's full weight (each
+  `CONVERSION_SINK_AT_DISTANCE_BIAS - ln S`): what StreamingLLM keeps, position-free. Same 2,048-token
+  rows, W = 448, C = 64, δ = 448: null sinks 2.053; BOS sinks at full weight **1.850** (StreamingLLM's 4
+  sinks on the source at the same 576 entries: 1.820); BOS sinks at -2: 1.874; those with the retained slots
+  at -ln 60 instead of -4 - ln 60: 1.887. On 512-token rows, which the window covers, BOS sinks give 2.075
+  against the source's 2.080 (`memory_read_distance = 0`, null sinks: 2.084).
 
 Measured on SmolLM2-135M (README, "Models: from scratch or continued"): with the window covering 512-token
 inputs the loss is within 0.2% of the source's for M = 1, 8, 16, 64; beyond the window the converted model
@@ -46,6 +53,8 @@ CONVERSION_GATE_BIAS = -6.0  # σ(-6) ≈ 0.0025: writes nearly closed at the st
 CONVERSION_READ_BIAS = -6.0
 # Read bias of the M - S retained tokens together under `retain` (each: this - ln(M - S)); measured above.
 CONVERSION_RETAIN_READ_BIAS = -4.0
+# With `memory_read_distance` > 0, the S sinks together take one BOS token's full mass (measured above).
+CONVERSION_SINK_AT_DISTANCE_BIAS = 0.0
 SLOT_NOISE = 1e-2  # relative to the sink key scale; breaks the symmetry between identical slots
 
 
@@ -147,16 +156,17 @@ def _init_memory_as_null_sink(bct: BCTForCausalLM, source: PreTrainedModel) -> N
     """Every slot of layer l: key = the source's (pre-RoPE) BOS key at layer l (+ noise), value = 0, read bias
     `CONVERSION_READ_BIAS - ln M`; under `retain` with S sink slots, the sinks' bias is
     `CONVERSION_READ_BIAS - ln S` and the retained slots' `CONVERSION_RETAIN_READ_BIAS - ln(M - S)`."""
-    captured: dict[int, torch.Tensor] = {}
+    captured: dict[int, torch.Tensor] = {}  # layer -> the BOS key (1, 1, G·d) or, for "v"+layer, its value
     hooks = []
     for index, layer in enumerate(source.model.layers):
         attn = layer.self_attn
         key_module = getattr(attn, "k_norm", None) or attn.k_proj
 
-        def keep(i=index):
-            return lambda module, inputs, output: captured.__setitem__(i, output)
+        def keep(name):
+            return lambda module, inputs, output: captured.__setitem__(name, output)
 
-        hooks.append(key_module.register_forward_hook(keep()))
+        hooks.append(key_module.register_forward_hook(keep(index)))
+        hooks.append(attn.v_proj.register_forward_hook(keep(f"v{index}")))
     bos = source.config.bos_token_id if source.config.bos_token_id is not None else 0
     try:
         source(torch.tensor([[bos]], device=source.device), use_cache=False)
@@ -172,7 +182,14 @@ def _init_memory_as_null_sink(bct: BCTForCausalLM, source: PreTrainedModel) -> N
         memory.init_keys.copy_(sink.expand(kv_heads, slots, head_dim) + noise)
         memory.init_values.zero_()
         sinks = bct.config.memory_sink_slots  # > 0 only under `retain` (BCTConfig refuses the rest)
-        if sinks > 0:
+        if sinks > 0 and bct.config.memory_read_distance > 0:
+            # Read δ positions back, the BOS key is where the source saw its first token once it scrolled
+            # away: the sinks are that token, key and value, at its full weight (S copies: -ln S each).
+            bos_value = captured[f"v{index}"].float().cpu().reshape(kv_heads, 1, head_dim)
+            memory.init_values[:, :sinks] = bos_value
+            memory.read_bias[:, :sinks] = CONVERSION_SINK_AT_DISTANCE_BIAS - math.log(sinks)
+            memory.read_bias[:, sinks:] = CONVERSION_RETAIN_READ_BIAS - math.log(slots - sinks)
+        elif sinks > 0:
             memory.read_bias[:, :sinks] = CONVERSION_READ_BIAS - math.log(sinks)
             memory.read_bias[:, sinks:] = CONVERSION_RETAIN_READ_BIAS - math.log(slots - sinks)
         else:

@@ -37,6 +37,7 @@ from torch import nn
 from transformers import initialization as init
 
 from .configuration_bct import BCTConfig
+from .rotary import apply_rotary, inverse_frequencies
 
 
 class MemoryWrite(nn.Module):
@@ -247,6 +248,8 @@ class BCTMemory(nn.Module):
         # negative in a converted one, so that its slots start with ~no attention mass (see convert.py).
         self.read_bias = nn.Parameter(torch.zeros(kv_heads, slots))  # (G, M)
         self.write = make_write(config)
+        self.config = config  # for `read_keys`' rotation, derived on use (see BCTRotary on why no buffer)
+        self._read_rotation: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
         # Runtime switch, not a weight: closed, the memory keeps its initial slots (the "writes closed" control).
         self.writes_open = True
 
@@ -257,6 +260,22 @@ class BCTMemory(nn.Module):
         bias = self.read_bias.to(mem_k.dtype).view(kv_heads, *[1] * (mem_k.dim() - 4), slots)
         content = self.write.read_bias(mem_k, mem_v)
         return bias.expand(mem_k.shape[:-1]) if content is None else bias + content
+
+    def read_keys(self, mem_k: torch.Tensor) -> torch.Tensor:
+        """The memory keys as a query at its own angle reads them: rotated by -δ (`memory_read_distance`), so
+        that q·R(-δ)·k is the score of a key δ positions behind the query. mem_k (..., M, d), same shape."""
+        distance = self.config.memory_read_distance
+        if distance == 0:
+            return mem_k
+        key = (mem_k.device, mem_k.dtype)
+        if key not in self._read_rotation:
+            inv_freq, scaling = inverse_frequencies(self.config)
+            angles = distance * inv_freq.double()  # (d/2,) in float64: δ can be large
+            # scaling² : the source scales both the query's and the key's rotation (RoPE variants like yarn)
+            cos = torch.cat((angles.cos(), angles.cos())) * scaling**2
+            signed_sin = torch.cat((angles.sin(), -angles.sin())) * scaling**2  # -δ in apply_rotary's form
+            self._read_rotation[key] = cos.to(*key), signed_sin.to(*key)
+        return apply_rotary(mem_k, *self._read_rotation[key])
 
     def initial_state(self, batch_size: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """The fresh memory, (B, G, M, d) each (a broadcast view: writes return new tensors)."""

@@ -43,6 +43,7 @@ CONVERSION_FIELDS = (
     *CAPACITY_FIELDS,
     "memory_write_rule",
     "memory_sink_slots",
+    "memory_read_distance",
     "memory_gate_bias_init",
     "prefill_segment_len",
 )

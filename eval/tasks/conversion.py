@@ -2,6 +2,7 @@
 
     python -m eval conversion [--init-from smollm2] [--slots 0 1 8 16 64] [--window 448 --chunk 64]
         [--short 512 --long 2048 --rows 4] [--gate-bias-init -4] [--rule retain [--sink-slots 4]]
+        [--read-distance 448]
 
 Before any training, the loss of the source model and of its conversions with each `--slots` on held-out
 windows (`eval/corpus.py`; the stdlib by default, the continued-training corpus): `--short` tokens, which the
@@ -48,6 +49,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--gate-bias-init", type=float, default=None, help="memory_gate_bias_init override")
     parser.add_argument("--rule", default=None, help="memory_write_rule override (default: the conversion's)")
     parser.add_argument("--sink-slots", type=int, default=0, help="memory_sink_slots (retain) where M > it")
+    parser.add_argument(
+        "--read-distance", type=int, default=0, help="memory_read_distance (with sink slots: BOS sinks)"
+    )
     add_heldout_args(parser)
     parser.set_defaults(source="stdlib")
     args = parser.parse_args(argv)
@@ -71,6 +75,7 @@ def main(argv: list[str] | None = None) -> None:
         overrides = {} if args.gate_bias_init is None else {"memory_gate_bias_init": args.gate_bias_init}
         overrides |= {} if args.rule is None else {"memory_write_rule": args.rule}
         overrides |= {"memory_sink_slots": args.sink_slots} if 0 < args.sink_slots < slots else {}
+        overrides |= {"memory_read_distance": args.read_distance}
         bct = convert_to_bct(
             source, memory_slots=slots, window=args.window, chunk_size=args.chunk, **overrides
         )
@@ -80,6 +85,7 @@ def main(argv: list[str] | None = None) -> None:
 
     span = f"W = {args.window}, C = {args.chunk}" + (f", rule {args.rule}" if args.rule else "")
     span += f", {args.sink_slots} sink slots" if args.sink_slots else ""
+    span += f", memory read at distance {args.read_distance}" if args.read_distance else ""
     print(f"\n{args.init_from}, {args.rows} held-out {args.source} rows per length, {span}, no training\n")
     head = " | ".join(f"{n} tokens: loss | ppl" for n in lengths.values())
     print(f"| model | {head} |\n|---|" + "---|---|" * len(lengths))

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from transformers.cache_utils import Cache, DynamicSlidingWindowLayer
 
 from data import passkey_min_length
+from data.text_recall import text_mqar_fixed_length
 from eval.contenders.methods import make_method
 from eval.tasks import mqar, passkey, perplexity
 
@@ -30,9 +31,32 @@ def test_oracle_that_sees_everything_solves_passkey(oracle, tokenizer):
 
 def test_oracle_that_sees_everything_solves_mqar(oracle, tokenizer):
     vocab = mqar.mqar_vocab_size(tokenizer, oracle.model.config.vocab_size)
-    rows = mqar.evaluate([make_method(oracle, "full", None)], [2, 8, 16], 4, 160, 3, vocab, seed=0)
+    examples = mqar.token_examples(vocab, 160, 3, seed=0)
+    rows = mqar.evaluate([make_method(oracle, "full", None)], examples, [2, 8, 16], 4)
     assert [row["accuracy"] for row in rows] == [1.0, 1.0, 1.0]
     assert [row["total"] for row in rows] == [6, 12, 12]  # queries = min(4, pairs) per example, 3 examples
+
+
+def text_mqar(tokenizer, seq_len: int, samples: int = 3):
+    filler = np.asarray(tokenizer(prose(3000, seed=5))["input_ids"])
+    return mqar.text_examples(tokenizer, filler, seq_len, samples, seed=0)
+
+
+def test_oracle_that_sees_everything_solves_text_mqar(oracle, tokenizer):
+    """In words an answer is several tokens; it counts once, when all of them are right."""
+    seq_len = text_mqar_fixed_length(tokenizer, 8, 4) + 200
+    rows = mqar.evaluate([make_method(oracle, "full", None)], text_mqar(tokenizer, seq_len), [2, 8], 4)
+    assert [row["accuracy"] for row in rows] == [1.0, 1.0]
+    assert [row["total"] for row in rows] == [6, 12]  # answers, not answer tokens
+
+
+def test_oracle_behind_a_bounded_cache_loses_distant_text_pairs(oracle, tokenizer):
+    method = make_method(oracle, "full", None, segment=8)
+    method.prefill_segment = 8
+    method.new_cache = lambda: Cache(layers=[DynamicSlidingWindowLayer(sliding_window=48)])
+    seq_len = text_mqar_fixed_length(tokenizer, 8, 4) + 400
+    rows = mqar.evaluate([method], text_mqar(tokenizer, seq_len), [8], 4)
+    assert rows[0]["accuracy"] < 0.2
 
 
 def test_oracle_behind_a_bounded_cache_loses_distant_keys(oracle, tokenizer):
@@ -42,7 +66,7 @@ def test_oracle_behind_a_bounded_cache_loses_distant_keys(oracle, tokenizer):
     method.prefill_segment = 8
     method.new_cache = lambda: Cache(layers=[DynamicSlidingWindowLayer(sliding_window=24)])
     vocab = mqar.mqar_vocab_size(tokenizer, oracle.model.config.vocab_size)
-    rows = mqar.evaluate([method], [8], 4, 160, 3, vocab, seed=0)
+    rows = mqar.evaluate([method], mqar.token_examples(vocab, 160, 3, seed=0), [8], 4)
     assert rows[0]["accuracy"] < 0.2
 
 
@@ -51,9 +75,12 @@ def test_random_model_is_near_chance(llama, tokenizer):
     rows = passkey.evaluate([method], passkey_grid(tokenizer, depths=(0.0, 1.0)))
     assert np.mean([row["accuracy"] for row in rows]) <= 0.1  # five-digit keys: chance is ~0
     vocab = mqar.mqar_vocab_size(tokenizer, llama.model.config.vocab_size)
-    rows = mqar.evaluate([method], [4, 8], 4, 96, 6, vocab, seed=0)
+    rows = mqar.evaluate([method], mqar.token_examples(vocab, 96, 6, seed=0), [4, 8], 4)
     values = len(range(3 * vocab // 4, vocab))
     assert np.mean([row["accuracy"] for row in rows]) <= 0.1, (rows, 1 / values)
+    seq_len = text_mqar_fixed_length(tokenizer, 8, 4) + 100
+    rows = mqar.evaluate([method], text_mqar(tokenizer, seq_len), [4, 8], 4)
+    assert np.mean([row["accuracy"] for row in rows]) <= 0.1, rows  # 3-digit values: chance is 1/900
 
 
 @pytest.mark.parametrize("key", ["full", "bct"])

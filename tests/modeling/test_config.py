@@ -22,6 +22,8 @@ BAD_VALUES = [
     ("memory_sink_slots", -1, "[0, memory_slots - 1 = 3]"),
     ("memory_sink_slots", 4, "at least one slot must be writable"),
     ("memory_sink_slots", 1.5, "an integer in"),
+    ("memory_read_distance", -1, ">= 0"),
+    ("memory_read_distance", 2.5, "an integer >= 0"),
     ("memory_gate_bias_init", float("nan"), "finite"),
     ("prefill_segment_len", 0, "positive integer"),
     ("max_position_embeddings", 0, "positive integer"),

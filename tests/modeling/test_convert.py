@@ -19,7 +19,11 @@ from transformers import (
 )
 
 from modeling import BCTForCausalLM, convert_to_bct
-from modeling.convert import CONVERSION_READ_BIAS, CONVERSION_RETAIN_READ_BIAS
+from modeling.convert import (
+    CONVERSION_READ_BIAS,
+    CONVERSION_RETAIN_READ_BIAS,
+    CONVERSION_SINK_AT_DISTANCE_BIAS,
+)
 
 SHAPE = dict(
     vocab_size=101, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
@@ -180,3 +184,35 @@ def test_retain_conversion_keeps_its_sink_slots_apart_from_the_retained_tokens()
     ids = torch.randint(0, SHAPE["vocab_size"], (2, 64), generator=torch.Generator().manual_seed(1))
     expected, logits = source(ids).logits, bct(ids, use_cache=False).logits
     assert (logits - expected).abs().max() <= 0.03 * expected.std()
+
+
+@torch.no_grad()
+def test_retain_conversion_read_at_a_distance_makes_its_sinks_the_bos_token():
+    """With `memory_read_distance` > 0 the S sinks are the source's BOS token, key and value, at one BOS's full
+    weight (CONVERSION_SINK_AT_DISTANCE_BIAS - ln S each): read δ back, that is where the source saw its first
+    token once it left the window. The window still covers the input within 1% of the source's loss."""
+    source = random_source("llama")
+    bct = convert_to_bct(
+        source, memory_slots=8, window=56, chunk_size=8, memory_write_rule="retain", memory_sink_slots=2,
+        memory_read_distance=56,
+    )  # fmt: skip
+    captured = {}
+    layer = source.model.layers[1].self_attn
+    hooks = [module.register_forward_hook(lambda m, i, o, m_=module: captured.__setitem__(m_, o)) for module in (layer.k_proj, layer.v_proj)]  # fmt: skip
+    source(torch.tensor([[SHAPE["bos_token_id"]]]))
+    for hook in hooks:
+        hook.remove()
+    memory = bct.model.layers[1].self_attn.memory
+    kv_heads, head_dim = memory.init_keys.shape[0], memory.init_keys.shape[2]
+    bos_key, bos_value = (captured[m].reshape(kv_heads, 1, head_dim) for m in (layer.k_proj, layer.v_proj))
+    assert torch.allclose(memory.init_values[:, :2], bos_value.expand(-1, 2, -1))
+    assert (memory.init_keys[:, :2] - bos_key).abs().max() <= 0.05 * bos_key.abs().max()  # + symmetry noise
+    assert torch.equal(memory.init_values[:, 2:], torch.zeros_like(memory.init_values[:, 2:]))
+    assert torch.allclose(
+        memory.read_bias[:, :2], torch.tensor(CONVERSION_SINK_AT_DISTANCE_BIAS - math.log(2))
+    )
+    ids = torch.randint(0, SHAPE["vocab_size"], (2, 64), generator=torch.Generator().manual_seed(1))
+    assert (
+        abs(cross_entropy(bct(ids, use_cache=False).logits, ids) / cross_entropy(source(ids).logits, ids) - 1)
+        <= 0.01
+    )

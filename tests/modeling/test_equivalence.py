@@ -35,6 +35,19 @@ def test_chunked_prefill_matches_parallel(segment, rule):
     assert cache.get_seq_length() == LENGTH
 
 
+@pytest.mark.parametrize("rule", ["gated", "retain"])
+@pytest.mark.parametrize("segment", [1, 7], ids=lambda s: f"segment{s}")
+@torch.no_grad()
+def test_memory_read_distance_keeps_prefill_and_decode_equal_to_parallel(segment, rule):
+    model = tiny_model(memory_write_rule=rule, memory_read_distance=TINY["window"] + 3)
+    ids = torch.randint(0, TINY["vocab_size"], (2, LENGTH))
+    parallel = model(ids, use_cache=False).logits
+    chunked, _ = prefill_in_segments(model, ids, segment)
+    assert (chunked - parallel).abs().max() <= TOL
+    position_free = tiny_model(memory_write_rule=rule)(ids, use_cache=False).logits  # same seed, δ = 0
+    assert (position_free - parallel).abs().max() > 1e-3
+
+
 @torch.no_grad()
 def test_long_prompt_runs_segment_by_segment():
     """A cached call longer than prefill_segment_len is split internally; same logits."""

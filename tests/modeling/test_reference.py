@@ -7,6 +7,7 @@ import torch
 
 from modeling import BCTCache
 from modeling.attention import reference_attention
+from modeling.rotary import apply_rotary
 
 from .conftest import TINY, tiny_model
 
@@ -38,10 +39,11 @@ def reference_layer(model, hidden):
     return attn.o_proj(out.transpose(1, 2).reshape(batch, length, -1)), mem_k, mem_v
 
 
+@pytest.mark.parametrize("distance", [0, 37], ids=lambda d: f"read-distance{d}")
 @pytest.mark.parametrize("rule", ["gated", "delta", "retain", "fifo"])
 @pytest.mark.parametrize("segment", [None, 1, 5], ids=["parallel", "step", "segments5"])
-def test_fast_path_matches_reference_outputs_and_memory(rule, segment):
-    model = tiny_model(memory_write_rule=rule)
+def test_fast_path_matches_reference_outputs_and_memory(rule, segment, distance):
+    model = tiny_model(memory_write_rule=rule, memory_read_distance=distance)
     hidden = torch.randn(2, LENGTH, TINY["hidden_size"])
     with torch.no_grad():
         fast, state = fast_layer(model, hidden, segment)
@@ -53,9 +55,10 @@ def test_fast_path_matches_reference_outputs_and_memory(rule, segment):
     assert (mem_k - model.model.layers[0].self_attn.memory.init_keys).abs().max() > 1e-2
 
 
+@pytest.mark.parametrize("distance", [0, 37], ids=lambda d: f"read-distance{d}")
 @pytest.mark.parametrize("rule", ["gated", "delta", "retain", "fifo"])
-def test_fast_path_matches_reference_gradients(rule):
-    model = tiny_model(memory_write_rule=rule)
+def test_fast_path_matches_reference_gradients(rule, distance):
+    model = tiny_model(memory_write_rule=rule, memory_read_distance=distance)
     attn = model.model.layers[0].self_attn
     hidden = torch.randn(2, LENGTH, TINY["hidden_size"], requires_grad=True)
     weights = torch.randn(2, LENGTH, TINY["hidden_size"])
@@ -131,3 +134,21 @@ def test_retain_keeps_the_sinks_then_the_top_scored_entries_in_order(sinks):
             expected = torch.stack([*mem[b, g, :sinks], *(pool[i] for i in best)])
             assert torch.allclose(new_mem[b, g], expected)
             assert took[b, g].tolist() == [0.0] * sinks + [float(i >= slots - sinks) for i in best]
+
+
+@pytest.mark.parametrize("distance", [0, 5, 3000])
+def test_memory_is_read_as_a_key_that_many_positions_behind(distance):
+    """`memory_read_distance` δ: a query at any position p scores a memory key as RoPE scores that key placed
+    at p - δ (what the source model saw for a token δ behind), computed here from absolute-position tables."""
+    model = tiny_model(memory_read_distance=distance)
+    memory, rotary = model.model.layers[0].self_attn.memory, model.model.rotary
+    head_dim = model.config.head_dim
+    q, k = torch.randn(4, head_dim), torch.randn(4, head_dim)
+    cos, sin = rotary.table(distance + 200, q.device, torch.float32)
+    for p in (distance, distance + 17, distance + 199):
+        rope = (apply_rotary(q, cos[p], sin[p]) * apply_rotary(k, cos[p - distance], sin[p - distance])).sum(
+            -1
+        )
+        assert torch.allclose((q * memory.read_keys(k)).sum(-1), rope, atol=1e-4)
+    if distance:  # and it differs from the position-free read
+        assert not torch.allclose(memory.read_keys(k), k, atol=1e-3)
