@@ -48,24 +48,30 @@ def mqar_vocab_size(tokenizer, model_vocab: int) -> int:
 ExampleMaker = Callable[[int, int, int], list[dict]]  # (num_pairs, asked, pair index) -> the examples
 
 
-def token_examples(vocab: int, seq_len: int, samples: int, seed: int) -> ExampleMaker:
-    """`--format tokens`: `samples` random-id examples per pair count (data.synthetic.make_mqar_example)."""
+def seeded_examples(make_one: Callable, samples: int, seed: int) -> ExampleMaker:
+    """`samples` examples per pair count from `make_one(num_pairs, asked, rng)`, example k of the i-th pair
+    count drawn from `default_rng([seed, i, k])`: the same examples for every method and run."""
 
     def make(num_pairs: int, asked: int, i: int) -> list[dict]:
-        rngs = [np.random.default_rng([seed, i, k]) for k in range(samples)]
-        return [make_mqar_example(vocab, num_pairs, asked, seq_len, rng) for rng in rngs]
+        return [make_one(num_pairs, asked, np.random.default_rng([seed, i, k])) for k in range(samples)]
 
     return make
+
+
+def token_examples(vocab: int, seq_len: int, samples: int, seed: int) -> ExampleMaker:
+    """`--format tokens`: random-id examples (data.synthetic.make_mqar_example)."""
+    return seeded_examples(
+        lambda n, asked, rng: make_mqar_example(vocab, n, asked, seq_len, rng), samples, seed
+    )
 
 
 def text_examples(tokenizer, filler: np.ndarray, seq_len: int, samples: int, seed: int) -> ExampleMaker:
-    """`--format text`: `samples` examples in words per pair count, `filler` (1-D) held-out token ids."""
+    """`--format text`: examples in words, `filler` (1-D) held-out token ids (data.text_recall)."""
 
-    def make(num_pairs: int, asked: int, i: int) -> list[dict]:
-        rngs = [np.random.default_rng([seed, i, k]) for k in range(samples)]
-        return [make_text_mqar_example(tokenizer, filler, num_pairs, asked, seq_len, rng) for rng in rngs]
+    def make_one(n: int, asked: int, rng: np.random.Generator) -> dict:
+        return make_text_mqar_example(tokenizer, filler, n, asked, seq_len, rng)
 
-    return make
+    return seeded_examples(make_one, samples, seed)
 
 
 def answers_recalled(example: dict, hits: torch.Tensor) -> list[bool]:
