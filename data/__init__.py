@@ -15,13 +15,13 @@ This package imports only torch, numpy, datasets, tokenizers, transformers and t
 from data.config import DataConfig
 from data.corpus import PackedCorpus, build_validation_batches, prepare_corpus, tokenize_documents
 from data.loader import PackedLoader, StreamingLoader, build_train_loader
+from data.mixer import SyntheticMixer
 from data.packing import RowPacker, pack_rows
 from data.sources import Document, Source, open_source
 from data.split import split_hash, validation_cutoff
 from data.synthetic import (
     IGNORE_INDEX,
     SyntheticDataset,
-    SyntheticMixer,
     make_mqar_example,
     make_passkey_example,
     mqar_token_ranges,

@@ -16,7 +16,7 @@ from pydantic import AfterValidator, Field, model_validator
 
 from data.schema import Bool, Int, Number, Section, Str, allowed, not_allowed, refusal
 
-SYNTHETIC_TASKS = ("passkey", "mqar", "copy", "induction")
+SYNTHETIC_TASKS = ("passkey", "mqar", "text_mqar", "copy", "induction")
 DEFAULT_SYNTHETIC_TASKS = ("passkey", "mqar")
 INDUCTION_SEGMENT = 32  # tokens per segment of an induction row (data.synthetic.make_induction_example)
 BUILTIN_SOURCES = ("stdlib", "shakespeare")

@@ -37,10 +37,10 @@ from transformers import PreTrainedTokenizerFast
 
 from data.config import DataConfig, invalid
 from data.corpus import PackedCorpus
+from data.mixer import SyntheticMixer
 from data.packing import RowPacker
 from data.sources import Document, Source, open_source
 from data.split import split_hash
-from data.synthetic import SyntheticMixer
 from data.tokenizer import encode_batch
 
 Batch = dict[str, torch.Tensor]

@@ -6,7 +6,7 @@ means `argmax(logits[p - 1]) == input_ids[p]` (HF convention: the model shifts l
 
 The example makers are plain functions of an `np.random.Generator`, so the same call with the same
 generator state gives the same example; `eval/` calls them over a grid, and training mixes them in through
-`SyntheticMixer`, whose generator is seeded from `(seed, position)` so a resumed run draws the same ones.
+`data.mixer.SyntheticMixer`, seeded by `(seed, position)` so that a resumed run draws the same ones.
 
 - **Passkey** (`make_passkey_example`): an instruction, filler made of real corpus token ids, a needle
   "The pass key is <5 digits>." at a chosen depth in the filler, then the question and the answer. The
@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from transformers import PreTrainedTokenizerFast
 
-from data.config import INDUCTION_SEGMENT, DataConfig, invalid
+from data.config import INDUCTION_SEGMENT, invalid
 from data.tokenizer import encode_batch
 
 IGNORE_INDEX = -100
@@ -39,7 +39,6 @@ PASSKEY_INTRO = (
 PASSKEY_NEEDLE = ("\nThe pass key is", ". Remember it.\n")  # the key piece " <key>" goes between
 PASSKEY_QUESTION = "\nWhat is the pass key? The pass key is"
 PASSKEY_KEY_BYTES = 6  # " 12345": a key piece is at most this many tokens (byte-level BPE: tokens <= bytes)
-_MIX_STREAM = 0x5EED  # separates the mixer's random stream from other uses of the same seed
 
 Example = dict[str, torch.Tensor]
 
@@ -204,59 +203,3 @@ class SyntheticDataset(torch.utils.data.Dataset):
         if not 0 <= index < self.size:
             raise IndexError(index)
         return self.make_example(np.random.default_rng([self.seed, index]))
-
-
-class SyntheticMixer:
-    """Replaces training rows by synthetic examples, in place.
-
-    Each row of a batch is replaced with probability `synthetic_fraction`, by a task drawn uniformly from
-    `synthetic_tasks`. Draws come from a generator seeded by `(seed, position)`, where the loader passes the
-    batch's position (epoch, batch index, rank), so they are the same in every run and after a resume. A
-    replaced corpus row is not trained on in that epoch (another is, the next epoch). A passkey example
-    uses the row it replaces as filler, so its filler is real text in every mode, streaming included."""
-
-    def __init__(self, cfg: DataConfig, tokenizer: PreTrainedTokenizerFast, seed: int) -> None:
-        self.tokenizer, self.seed = tokenizer, seed
-        self.fraction, self.tasks = cfg.synthetic_fraction, list(cfg.synthetic_tasks)
-        self.seq_len = cfg.seq_len
-        self.num_pairs, self.num_queries = cfg.mqar_num_pairs, cfg.mqar_num_queries
-        self.copy_span = cfg.copy_span
-        self.vocab_size = tokenizer.backend_tokenizer.get_vocab_size(with_added_tokens=False)
-        if "passkey" in self.tasks and passkey_min_length(tokenizer) >= cfg.seq_len:
-            raise invalid(
-                "seq_len",
-                cfg.seq_len,
-                f"more than the {passkey_min_length(tokenizer)} tokens a passkey example needs besides filler "
-                "with this tokenizer (or drop passkey from synthetic_tasks)",
-            )
-        if "mqar" in self.tasks and self.num_pairs > len(mqar_token_ranges(self.vocab_size)["keys"]):
-            raise invalid(
-                "mqar_num_pairs",
-                self.num_pairs,
-                f"at most {len(mqar_token_ranges(self.vocab_size)['keys'])}, the distinct keys this "
-                f"tokenizer's {self.vocab_size} ids offer",
-            )
-
-    def apply(self, input_ids: torch.Tensor, labels: torch.Tensor, position: tuple[int, ...]) -> torch.Tensor:
-        """Mix into a batch `input_ids`/`labels` (B, seq_len) int64 CPU tensors, in place; return which rows
-        were replaced, (B,) bool (their labels are the synthetic answers)."""
-        rng = np.random.default_rng([self.seed, _MIX_STREAM, *position])
-        mixed = rng.random(len(input_ids)) < self.fraction  # (B,)
-        replaced = np.flatnonzero(mixed)
-        ids, targets = input_ids.numpy(), labels.numpy()  # views: writes land in the tensors
-        for row in replaced:
-            task = self.tasks[int(rng.integers(len(self.tasks)))]
-            if task == "passkey":
-                depth = float(rng.random())
-                example = make_passkey_example(self.tokenizer, ids[row], self.seq_len, depth, rng)
-            elif task == "copy":
-                example = make_text_copy_example(ids[row], self.copy_span, rng)
-            elif task == "induction":
-                example = make_induction_example(self.vocab_size, self.seq_len, rng)
-            else:
-                example = make_mqar_example(
-                    self.vocab_size, self.num_pairs, self.num_queries, self.seq_len, rng
-                )
-            ids[row] = example["input_ids"].numpy()
-            targets[row] = example["labels"].numpy()
-        return torch.from_numpy(mixed)

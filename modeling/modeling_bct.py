@@ -232,6 +232,15 @@ def _mean_signals(parts: list[dict | None]) -> dict[str, torch.Tensor]:
     return {key: torch.stack(values).mean() for key, values in merged.items()}
 
 
+# generate() arguments that draft tokens and roll the cache back when they are rejected.
+ROLLBACK_DECODING = ("assistant_model", "prompt_lookup_num_tokens", "assistant_early_exit")
+
+
+def _requested(name: str, kwargs: dict, generation_config: object) -> bool:
+    """Whether generate() was asked for `name`, as a keyword or in the generation config passed to it."""
+    return kwargs.get(name) is not None or getattr(generation_config, name, None) is not None
+
+
 class BCTForCausalLM(BCTPreTrainedModel, GenerationMixin):
     _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
 
@@ -243,9 +252,18 @@ class BCTForCausalLM(BCTPreTrainedModel, GenerationMixin):
         self.post_init()
 
     def generate(self, inputs: torch.Tensor | None = None, *args, **kwargs):
-        """`GenerationMixin.generate`, after one check of its own: generate() drops an all-ones attention_mask
-        before the forward sees it, so a mask of the wrong shape must be refused here (the forward checks
-        the prompt and its token ids)."""
+        """`GenerationMixin.generate`, after two checks of its own. Rollback-based decoding (assisted, prompt
+        lookup, early exit) is refused here rather than left to transformers, which dropped its own check for
+        stateful models in 5.25. generate() drops an all-ones attention_mask before the forward sees it, so a
+        mask of the wrong shape must be refused here too (the forward checks the prompt and its token ids)."""
+        config = kwargs.get("generation_config", args[0] if args else None)
+        rollback = [name for name in ROLLBACK_DECODING if _requested(name, kwargs, config)]
+        if rollback:
+            raise ValueError(
+                f"{rollback[0]} is not allowed: a BCT cache is stateful (tokens written into the memory "
+                "cannot be taken back), so decoding that drafts and rolls back tokens is not supported; "
+                "use greedy, sampling or beam search."
+            )
         ids = inputs if inputs is not None else kwargs.get("input_ids")
         mask = kwargs.get("attention_mask")
         if isinstance(ids, torch.Tensor) and ids.dim() == 2 and mask is not None and mask.shape != ids.shape:

@@ -106,7 +106,9 @@ def test_validation_fraction_outside_range(fraction):
 
 
 def test_unknown_synthetic_task():
-    with pytest.raises(ValueError, match=r"data\.synthetic_tasks = \['sort'\] .*'passkey', 'mqar', 'copy'"):
+    with pytest.raises(
+        ValueError, match=r"data\.synthetic_tasks = \['sort'\] .*'passkey', 'mqar', 'text_mqar', 'copy'"
+    ):
         DataConfig(synthetic_tasks=["sort"]).validate()
 
 
@@ -135,6 +137,22 @@ def test_mqar_does_not_fit_seq_len():
 def test_passkey_does_not_fit_seq_len(small_cfg, tokenizer, corpus):
     cfg = small_cfg.replace(synthetic_fraction=0.5, synthetic_tasks=["passkey"])
     with pytest.raises(ValueError, match=r"data\.seq_len = 64 .*passkey"):
+        build_train_loader(cfg, corpus, tokenizer, batch_size=2, seed=0, rank=0, world_size=1)
+
+
+def test_text_mqar_does_not_fit_seq_len(small_cfg, tokenizer, corpus):
+    cfg = small_cfg.replace(
+        synthetic_fraction=0.5, synthetic_tasks=["text_mqar"], mqar_num_pairs=4, mqar_num_queries=2
+    )
+    with pytest.raises(ValueError, match=r"data\.seq_len = 64 .*text_mqar example of mqar_num_pairs = 4"):
+        build_train_loader(cfg, corpus, tokenizer, batch_size=2, seed=0, rank=0, world_size=1)
+
+
+def test_text_mqar_has_64_key_words(small_cfg, tokenizer, corpus):
+    cfg = small_cfg.replace(
+        seq_len=4096, synthetic_fraction=0.5, synthetic_tasks=["text_mqar"], mqar_num_pairs=65
+    )
+    with pytest.raises(ValueError, match=r"data\.mqar_num_pairs = 65 .*at most 64"):
         build_train_loader(cfg, corpus, tokenizer, batch_size=2, seed=0, rank=0, world_size=1)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -159,3 +161,26 @@ def test_copy_rows_mix_in_with_the_other_tasks(small_cfg):
     assert copies.any() and (answers == 8).any() and (answers == 28).any()
     for row in ids[copies]:  # the row's end repeats an earlier span of the same row
         assert any(torch.equal(row[a : a + 16], row[112:]) for a in range(0, 97))
+
+
+def test_text_mqar_rows_ask_for_values_paired_in_the_same_row(small_cfg):
+    cfg = small_cfg.replace(
+        seq_len=256,
+        synthetic_fraction=1.0,
+        synthetic_tasks=["text_mqar"],
+        mqar_num_pairs=4,
+        mqar_num_queries=2,
+    )
+    tokenizer = build_tokenizer(cfg)
+    packed = prepare_corpus(cfg, tokenizer)
+    batches = take(build_train_loader(cfg, packed, tokenizer, batch_size=4, seed=3, rank=0, world_size=1), 3)
+    for batch in batches:
+        assert batch["synthetic"].all()
+        for ids, labels in zip(batch["input_ids"], batch["labels"]):
+            text = tokenizer.decode(ids)
+            pairs = dict(re.findall(r"The code for (\w+) is (\d+)\.", text.split("Now the codes")[0]))
+            asked = re.findall(r"The code for (\w+) is (\d+)", text.split("Now the codes")[1])
+            assert len(pairs) == 4 and len(asked) == 2
+            assert all(pairs[key] == value for key, value in asked)  # each answer is its key's value
+            answers = tokenizer.decode(labels[labels != -100])
+            assert answers.split() == [value for _, value in asked]  # loss only on the asked values

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from transformers import GenerationConfig
 
 from .conftest import TINY, tiny_model
 from .test_equivalence import left_pad
@@ -74,6 +75,17 @@ def test_left_padded_batch_generates_each_row_as_alone(model):
         assert torch.equal(batch[row, ids.shape[1] :], alone[0, len(prompt) :]), f"row {row}"
 
 
-def test_assisted_decoding_is_refused(model, prompt):
-    with pytest.raises(ValueError, match="stateful"):
-        model.generate(prompt, max_new_tokens=4, assistant_model=model)
+@pytest.mark.parametrize(
+    "rollback", [{"assistant_model": "model"}, {"prompt_lookup_num_tokens": 2}, {"assistant_early_exit": 1}]
+)
+def test_rollback_decoding_is_refused(model, prompt, rollback):
+    # transformers < 5.25 refused it for `_is_stateful` models; 5.25 dropped that check, so the model refuses.
+    kwargs = {name: model if value == "model" else value for name, value in rollback.items()}
+    with pytest.raises(ValueError, match=f"{next(iter(kwargs))} is not allowed: a BCT cache is stateful"):
+        model.generate(prompt, max_new_tokens=4, **kwargs)
+
+
+def test_rollback_decoding_in_a_generation_config_is_refused(model, prompt):
+    config = GenerationConfig(max_new_tokens=4, prompt_lookup_num_tokens=2)
+    with pytest.raises(ValueError, match="prompt_lookup_num_tokens is not allowed"):
+        model.generate(prompt, generation_config=config)
