@@ -40,8 +40,9 @@ train: setup
 	$(VENV)/bin/accelerate launch -q --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
 		train.py --config configs/quickstart.yaml
 
+# The slowest tests are listed at the end, so that CI's log says where its time goes.
 test: setup
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest --durations=15 $(PYTEST_ARGS)
 
 # The inner loop: everything but the tests that train models or start processes (marked `slow`, also by the
 # fixtures they use: tests/conftest.py) and the multi-process ones. `make test` runs them all.

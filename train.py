@@ -37,7 +37,7 @@ from training.hub import close_run_uploads, export_and_push, push_save, run_uplo
 from training.launcher import stop_with_launcher
 from training.lines import plan_resume, record_line
 from training.lock import RunLock, RunLocked
-from training.loss import synthetic_weighted_loss
+from training.loss import synthetic_answer_hits, synthetic_weighted_loss
 from training.model import build_model_and_tokenizer, load_init_source
 from training.optim import build_optimizer, build_scheduler
 from training.plots import plot_metrics
@@ -255,6 +255,9 @@ def train(cfg: RunConfig) -> int:
             lr = scheduler.get_last_lr()[0]  # the rate of this update (group 0: base lr)
             loss_sum = torch.zeros((), device=accelerator.device)
             signals: dict[str, torch.Tensor] = {}
+            answer_hits = torch.zeros(
+                2, device=accelerator.device
+            )  # [correct, total] synthetic answer tokens
             for _ in range(cfg.train.grad_accum):
                 batch = {k: v.to(accelerator.device) for k, v in next(batches).items()}  # (B, T) each
                 synthetic = batch.pop("synthetic", None)  # (B,) rows holding synthetic answers, if mixed
@@ -281,6 +284,8 @@ def train(cfg: RunConfig) -> int:
                 loss_sum += loss.detach().float()
                 for name, value in (output.memory_signals or {}).items():
                     signals[name] = signals.get(name, 0.0) + value.detach().float()
+                if log_now and synthetic is not None:
+                    answer_hits += synthetic_answer_hits(output.logits.detach(), batch["labels"], synthetic)
             step += 1
             busy, busy_steps = busy + time.perf_counter() - started, busy_steps + 1
             progress.update(1)
@@ -290,6 +295,7 @@ def train(cfg: RunConfig) -> int:
                 # One all-reduce for the loss and every memory signal: means over micro-batches and ranks.
                 packed = torch.stack([loss_sum, *(signals[n] for n in names)]) / cfg.train.grad_accum
                 packed = accelerator.reduce(packed, reduction="mean").tolist()
+                correct, answers = accelerator.reduce(answer_hits, reduction="sum").tolist()
                 metrics = {
                     "train/loss": packed[0],  # non-finite values are written as null (training/tracking.py)
                     "train/lr": lr,
@@ -298,6 +304,8 @@ def train(cfg: RunConfig) -> int:
                     "train/tokens": tokens_per_step * step,
                     **{f"memory/{n}": v for n, v in zip(names, packed[1:])},
                     **({"train/nonfinite_skips": guard.skipped} if guard.skipped else {}),
+                    # Greedy exact-token accuracy on the synthetic answers of this step's batches (recall).
+                    **({"train/answer_accuracy": correct / answers} if answers else {}),
                 }
                 metrics_file.log({"step": step, **metrics})
                 accelerator.log(metrics, step=step)

@@ -33,3 +33,15 @@ def synthetic_weighted_loss(
         return (per_token * mask).sum() / mask.sum().clamp_min(1)
 
     return weight * mean(answers) + (1 - weight) * mean(text)
+
+
+def synthetic_answer_hits(
+    logits: torch.Tensor, labels: torch.Tensor, synthetic: torch.Tensor
+) -> torch.Tensor:
+    """How many synthetic answer tokens the model predicts exactly (greedy), and how many there are: (2,)
+    float32 [correct, total], summed so that micro-batches and ranks can be added before dividing. logits
+    (B, T, V), labels (B, T) unshifted, synthetic (B,) bool rows."""
+    targets = labels[:, 1:]  # (B, T-1)
+    answers = (targets != IGNORE_INDEX) & synthetic.to(labels.device)[:, None]
+    correct = (logits[:, :-1].argmax(dim=-1) == targets) & answers
+    return torch.stack([correct.sum(), answers.sum()]).float()

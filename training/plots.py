@@ -1,4 +1,4 @@
-"""A picture of every run: train and validation loss, and each logged memory signal, against step.
+"""A picture of every run: train and validation loss, recall on synthetic rows, and each memory signal, by step.
 
 Drawn from the `metrics.jsonl` records at the end of a run (main process) into `metrics.png` beside them,
 so an offline run with no tracker still gets its curves. Matplotlib's object API with the Agg canvas: no
@@ -15,13 +15,16 @@ from matplotlib.figure import Figure
 
 LOSSES = ("train/loss", "val/loss")
 MEMORY_PREFIX = "memory/"
+RECALL = "train/answer_accuracy"
 
 
 def plot_metrics(records: list[dict[str, Any]], path: str | Path, title: str | None = None) -> list[str]:
     """Draw `records` (metrics.jsonl lines: {"step": N, name: value, ...}) as a PNG at `path`: one panel for
-    the losses, one per `memory/*` signal. Returns the names of the series drawn, panel by panel."""
+    the losses, one for the synthetic answers' accuracy if logged, one per `memory/*` signal. Returns the names of the series drawn, panel by panel."""
     memory = sorted({name for record in records for name in record if name.startswith(MEMORY_PREFIX)})
     panels = [("loss (nats/token)", list(LOSSES))] + [(name[len(MEMORY_PREFIX) :], [name]) for name in memory]
+    if any(RECALL in record for record in records):  # runs with synthetic rows mixed in
+        panels.insert(1, ("synthetic answer accuracy", [RECALL]))
     columns = min(len(panels), 3)
     rows = math.ceil(len(panels) / columns)
     fig = Figure(figsize=(4.2 * columns, 3.0 * rows), layout="constrained")

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from modeling import BCTConfig, BCTForCausalLM
 from train import forward_loss
-from training.loss import synthetic_weighted_loss
+from training.loss import synthetic_answer_hits, synthetic_weighted_loss
 
 
 def mixed_batch(vocab: int = 11, seq_len: int = 9) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -79,3 +79,13 @@ def test_forward_loss_keeps_the_model_loss_without_a_weight():
     assert torch.allclose(loss, synthetic_weighted_loss(output.logits, labels, synthetic, 0.5))
     loss.backward()  # a training loss: gradients reach the weights
     assert model.lm_head.weight.grad is not None
+
+
+def test_answer_hits_count_only_synthetic_answers():
+    ids, labels, synthetic = mixed_batch()
+    logits = torch.full((3, ids.shape[1], 11), -5.0)
+    logits[:, :-1].scatter_(-1, ids[:, 1:, None], 5.0)  # every next token predicted...
+    logits[1, 3, :] = 0.0
+    logits[1, 3, (ids[1, 4] + 1) % 11] = 5.0  # ...but the first answer (position 4)
+    assert synthetic_answer_hits(logits, labels, synthetic).tolist() == [1.0, 2.0]  # text rows not counted
+    assert synthetic_answer_hits(logits, labels, torch.zeros(3, dtype=torch.bool)).tolist() == [0.0, 0.0]

@@ -20,6 +20,8 @@ from training.checkpoint import list_checkpoints
 from training.config import OptimConfig, RunConfig
 from training.hub import export_and_push
 from training.optim import lr_factor
+from training.plots import plot_metrics
+from training.tracking import read_metrics
 
 
 def test_debug_run_learns_and_writes_everything(baseline, baseline_metrics):
@@ -162,3 +164,17 @@ def test_run_config_round_trips(baseline):
     assert (
         cfg.tracking.trackers == ["wandb", "tensorboard"] and cfg.model.config == "configs/model/debug.json"
     )
+
+
+def test_mixed_run_logs_recall_on_its_synthetic_answers(baseline_metrics, data_cache, tmp_path):
+    out = tmp_path / "run"
+    mixing = ("data.synthetic_fraction=1.0", "data.synthetic_tasks=[mqar]", "data.synthetic_loss_weight=0.5")
+    steps = ("max_steps=4", "train.save_every=0", "train.eval_every=0")
+    run_train(
+        debug_args(out, data_cache, *mixing, "data.mqar_num_pairs=4", "data.mqar_num_queries=4", *steps)
+    )
+    logged = [m["train/answer_accuracy"] for m in read_metrics(out / "metrics.jsonl") if "train/loss" in m]
+    assert len(logged) == 4 and all(0 <= accuracy <= 1 for accuracy in logged)
+    assert not any("train/answer_accuracy" in m for m in baseline_metrics)  # only when rows are mixed in
+    drawn = plot_metrics(read_metrics(out / "metrics.jsonl"), tmp_path / "curves.png")
+    assert drawn[:3] == ["train/loss", "val/loss", "train/answer_accuracy"]  # its own panel, after the losses
