@@ -16,6 +16,7 @@ Tools (eval/tools/; they train, convert or time things for the tasks):
   export-source  write a continued-training source (e.g. SmolLM2's GGUF) as a plain HF folder
   recall-study   train small models on the recall curriculum and score recall by distance (`make recall`)
   binding-probe  steps until a plain Llama and the same-shape BCT bind keys to values at all
+  retain-probe   can a `retain` BCT read recall from its memory: learned or oracle selection, trained or full read
   bench-train    training tokens/s and peak memory, BCT against Llama
   bench-data     data pipeline throughput (tokenizer, packing, loader)
   plot           redraw a task's PNG from its JSON
@@ -44,6 +45,7 @@ COMMANDS = {
     "export-source": "eval.tools.export_source",
     "recall-study": "eval.tools.recall_study",
     "binding-probe": "eval.tools.binding_probe",
+    "retain-probe": "eval.tools.retain_probe",
     "bench-train": "eval.tools.bench_train",
     "bench-data": "eval.tools.bench_data",
     "plot": "eval.plots",
