@@ -11,7 +11,7 @@ STAMP := $(VENV)/.bct-setup
 UPSTREAM_VENV ?= .venv-upstream
 # The transformers range pyproject.toml allows, and the oldest release it claims (its `transformers>=X`).
 TRANSFORMERS_SPEC := $(shell sed -nE 's/.*"(transformers[^"]*)".*/\1/p' pyproject.toml)
-OLDEST_TRANSFORMERS := $(shell sed -nE 's/.*"transformers>=([0-9.]+).*/\1/p' pyproject.toml)
+OLDEST_TRANSFORMERS := $(shell echo '$(TRANSFORMERS_SPEC)' | sed -nE 's/.*>=([0-9.]+).*/\1/p')
 PYTEST_ARGS ?=
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1

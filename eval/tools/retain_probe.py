@@ -40,12 +40,14 @@ HIDDEN_LOGIT = -30.0  # what an unwritten retained slot adds to its logits when 
 
 @contextmanager
 def probed(model: PreTrainedModel, selection: str, read: str) -> Iterator[None]:
-    """Run `model` with the given selection and read (see the module docstring); restore it on exit."""
+    """Run `model` with the given selection and read (see the module docstring); restore it on exit. Every
+    call of the model starts a fresh count of writes, so the oracle keeps the first chunk of each sequence."""
     config = model.config
     sinks, slots = config.memory_sink_slots, config.memory_slots
     memories = [layer.self_attn.memory for layer in model.model.layers]
     saved_bias = [memory.read_bias.detach().clone() for memory in memories]
     writes = {}  # id(write rule) -> chunks written in the current forward (the oracle keeps the first)
+    fresh_count = model.register_forward_pre_hook(lambda *_: writes.clear())
 
     def keep_first(self, mem, features):  # mem (B, G, M, 2d), features (B, G, C, 2d)
         count = writes.get(id(self), 0)
@@ -71,8 +73,9 @@ def probed(model: PreTrainedModel, selection: str, read: str) -> Iterator[None]:
                 with torch.no_grad():
                     memory.read_bias[:, sinks:] = 0.0
                 memory.logit_bias = types.MethodType(hide_unwritten, memory)
-        yield writes
+        yield
     finally:
+        fresh_count.remove()
         for memory, bias in zip(memories, saved_bias):
             memory.write.__dict__.pop("forward", None)
             memory.__dict__.pop("logit_bias", None)
@@ -80,18 +83,21 @@ def probed(model: PreTrainedModel, selection: str, read: str) -> Iterator[None]:
                 memory.read_bias.copy_(bias)
 
 
-def recalled(model: PreTrainedModel, example: dict, writes: dict) -> list[tuple[int, bool]]:
-    """Per answer: (where its value first occurs in the row, every token predicted)."""
+def stated_end(ids: torch.Tensor, first: int, end: int) -> int:
+    """Where the first occurrence of the answer `ids[first:end]` ends: in text MQAR, its own pair's value."""
+    value = ids[first:end]
+    return next(i for i in range(len(ids)) if torch.equal(ids[i : i + len(value)], value)) + len(value)
+
+
+def recalled(model: PreTrainedModel, example: dict) -> list[tuple[int, bool]]:
+    """Per answer: (where its value ends in its pair, every token predicted)."""
     ids = example["input_ids"]
-    writes.clear()
     with torch.no_grad():
         predicted = model(ids[None]).logits[0].argmax(dim=-1)  # (T,): the prediction for each next token
-    out = []
-    for first, end in answer_runs(example["answer_positions"]):
-        value = ids[first:end]
-        where = next(i for i in range(len(ids)) if torch.equal(ids[i : i + len(value)], value))
-        out.append((where, bool(torch.equal(predicted[first - 1 : end - 1], value))))
-    return out
+    return [
+        (stated_end(ids, first, end), bool(torch.equal(predicted[first - 1 : end - 1], ids[first:end])))
+        for first, end in answer_runs(example["answer_positions"])
+    ]
 
 
 def probe(model: PreTrainedModel, examples: list[dict]) -> list[dict]:
@@ -100,10 +106,10 @@ def probe(model: PreTrainedModel, examples: list[dict]) -> list[dict]:
     rows = []
     for selection in ("learned", "first"):
         for read in ("trained", "full"):
-            with probed(model, selection, read) as writes:
-                hits = [hit for example in examples for hit in recalled(model, example, writes)]
-            early = [ok for where, ok in hits if where + 1 < kept]  # the value's tokens all among the first
-            late = [ok for where, ok in hits if where + 1 >= kept]
+            with probed(model, selection, read):
+                hits = [hit for example in examples for hit in recalled(model, example)]
+            early = [ok for stated, ok in hits if stated <= kept]  # the value's tokens all among the first
+            late = [ok for stated, ok in hits if stated > kept]
             rows.append(
                 {
                     "selection": selection,
@@ -126,10 +132,8 @@ def streaming_control(source: PreTrainedModel, examples: list[dict], kept: int, 
         with torch.no_grad():
             predicted = source(torch.cat((ids[:kept], ids[length - recent :]))[None]).logits[0].argmax(-1)
         for first, end in answer_runs(example["answer_positions"]):
-            value = ids[first:end]
-            where = next(i for i in range(length) if torch.equal(ids[i : i + len(value)], value))
-            if where + len(value) <= kept:
-                hits.append(bool(torch.equal(predicted[first - cut - 1 : end - cut - 1], value)))
+            if stated_end(ids, first, end) <= kept:
+                hits.append(bool(torch.equal(predicted[first - cut - 1 : end - cut - 1], ids[first:end])))
     return float(np.mean(hits))
 
 

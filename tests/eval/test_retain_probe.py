@@ -40,8 +40,7 @@ def test_oracle_keeps_the_first_evicted_tokens_and_full_read_opens_them():
         layer.self_attn.k_proj.register_forward_hook(lambda m, i, o, n=n: keys.__setitem__(n, o.detach()))
         for n, layer in enumerate(model.model.layers)
     ]
-    with torch.no_grad(), probed(model, "first", "full") as writes:
-        writes.clear()
+    with torch.no_grad(), probed(model, "first", "full"):
         cache = getattr(model(ids, use_cache=True), CACHE_ARG)
     for hook in hooks:
         hook.remove()
