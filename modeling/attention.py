@@ -36,10 +36,12 @@ from .rotary import BCTRotary, apply_rotary
 
 
 class LayerState(NamedTuple):
-    """One layer's runtime state: memory (B, G, M, d) ×2 and ring (B, G, W + C, d) ×2 (None: no cache)."""
+    """One layer's runtime state: memory (B, G, M, d) ×2, its live flags (B, G, M) bool (None: every slot is
+    read) and ring (B, G, W + C, d) ×2 (None: no cache)."""
 
     mem_k: torch.Tensor
     mem_v: torch.Tensor
+    mem_live: torch.Tensor | None
     ring_k: torch.Tensor | None
     ring_v: torch.Tensor | None
 
@@ -98,7 +100,11 @@ class BCTAttention(nn.Module):
             if not cache_layer.is_initialized:
                 cache_layer.initialize(*self.memory.initial_state(batch, k.dtype))
             state = LayerState(
-                cache_layer.mem_keys, cache_layer.mem_values, cache_layer.keys, cache_layer.values
+                cache_layer.mem_keys,
+                cache_layer.mem_values,
+                cache_layer.mem_live,
+                cache_layer.keys,
+                cache_layer.values,
             )
         if isinstance(plan, StepPlan):
             out, state, signals = self.step(q, k, v, state, plan, want_signals)
@@ -136,9 +142,7 @@ class BCTAttention(nn.Module):
             vq = q.new_zeros(batch, heads, region + 1, head_dim)
             vq = vq.scatter(2, out_index[:, None, :, None].expand(-1, heads, -1, head_dim), q)[:, :, :region]
 
-        out, states, write_signals, share = self.attend_chunks(
-            vq, vk, vv, state.mem_k, state.mem_v, plan, want_signals
-        )
+        out, states, write_signals, share = self.attend_chunks(vq, vk, vv, state, plan, want_signals)
         if plan.uniform_ring_len is not None:
             start = plan.uniform_ring_len - first * chunk
             out = out[:, :, start : start + new]
@@ -149,35 +153,34 @@ class BCTAttention(nn.Module):
         if not keep_state:
             return out, None, signals
         rows = torch.arange(batch, device=q.device)
-        next_mem = states[rows, :, plan.writes]  # (B, G, M, 2d)
+        next_mem = states[rows, :, plan.writes]  # (B, G, M, 2d [+ 1])
         ring_index = plan.ring_index[:, None, :, None].expand(-1, self.num_kv_heads, -1, head_dim)
         keep = plan.ring_valid[:, None, :, None]
         next_state = LayerState(
-            next_mem[..., :head_dim],
-            next_mem[..., head_dim:],
+            *self.memory.write.unpack(next_mem, head_dim),
             vk.gather(2, ring_index) * keep,
             vv.gather(2, ring_index) * keep,
         )
         return out, next_state, signals
 
-    def attend_chunks(self, q, k, v, mem_k, mem_v, plan: ChunkPlan, want_share: bool):
+    def attend_chunks(self, q, k, v, state: LayerState, plan: ChunkPlan, want_share: bool):
         """The parallel path on chunk-aligned virtual sequences.
 
-        q: (B, H, nq·C, d) queries of chunks j0..n-1; k, v: (B, G, n·C, d), all pre-RoPE; mem_k, mem_v:
-        (B, G, M, d) before virtual chunk 0. Returns out (B, H, nq·C, d), the memory states
-        (B, G, writes + 1, M, 2d), the write signals and the share of attention on memory (when asked).
+        q: (B, H, nq·C, d) queries of chunks j0..n-1; k, v: (B, G, n·C, d), all pre-RoPE; `state`'s memory
+        is the one before virtual chunk 0. Returns out (B, H, nq·C, d), the memory states
+        (B, G, writes + 1, M, 2d [+ 1]), the write signals and the share of attention on memory (when asked).
         """
         batch, heads, _, head_dim = q.shape
         window, chunk, first = self.window, self.chunk, plan.first_chunk
         kv_heads, length = k.shape[1], k.shape[2]
-        rep, num_chunks, slots = heads // kv_heads, length // chunk, mem_k.shape[2]
+        rep, num_chunks, slots = heads // kv_heads, length // chunk, state.mem_k.shape[2]
         nq, lag = num_chunks - first, window // chunk
 
         # 1. memory recurrence: chunk j reads the state after max(0, j - W/C) writes.
         num_writes = max(0, num_chunks - 1 - lag)
-        states, write_signals = scan_memory(self.memory, mem_k, mem_v, k, v, num_writes, chunk, want_share)
+        states, write_signals = scan_memory(self.memory, state, k, v, num_writes, chunk, want_share)
         read = read_states(states, first, num_chunks, lag)
-        read_k, read_v = read[..., :head_dim], read[..., head_dim:]  # (B, G, nq, M, d)
+        read_k, read_v, read_live = self.memory.write.unpack(read, head_dim)  # (B, G, nq, M, d) ×2, (…, M)
 
         # 2. block attention: chunk j attends to keys [j·C - W, j·C + C) of the left-padded sequence.
         def per_chunk(x):  # (B, H, nq·C, d) -> (B, G, nq, R·C, d): query rows grouped per KV head
@@ -194,7 +197,7 @@ class BCTAttention(nn.Module):
         scores_mem = torch.matmul(
             q_raw, self.memory.read_keys(read_k).transpose(-1, -2)
         )  # (B, G, nq, R·C, M)
-        scores_mem = scores_mem + self.memory.logit_bias(read_k, read_v).unsqueeze(-2)
+        scores_mem = scores_mem + self.memory.logit_bias(read_k, read_v, read_live).unsqueeze(-2)
         scores_win = torch.matmul(q_rot, k_win)  # (B, G, nq, R·C, W + C)
         visible = chunk_mask(num_chunks, first, window, chunk, q.device).repeat(1, rep, 1)  # (nq, R·C, W + C)
         scores_win = scores_win.masked_fill(~visible, torch.finfo(scores_win.dtype).min)
@@ -216,14 +219,17 @@ class BCTAttention(nn.Module):
         write their oldest chunk into memory and shift the ring; then the token lands at `plan.position`."""
         batch, heads, _, head_dim = q.shape
         chunk, kv_heads, rep = self.chunk, self.num_kv_heads, heads // self.num_kv_heads
-        mem_k, mem_v, ring_k, ring_v = state
+        mem_k, mem_v, live, ring_k, ring_v = state
         gate = None
         if plan.any_evict:
             evict = plan.evict[:, None, None, None]
             if mem_k.shape[2] > 0 and self.memory.writes_open:
                 evicted_k, evicted_v = ring_k[:, :, :chunk], ring_v[:, :, :chunk]
-                new_k, new_v, gates = self.memory.write.write_chunk(mem_k, mem_v, evicted_k, evicted_v)
+                new_k, new_v, new_live, gates = self.memory.write.write_chunk(
+                    mem_k, mem_v, live, evicted_k, evicted_v
+                )
                 mem_k, mem_v = torch.where(evict, new_k, mem_k), torch.where(evict, new_v, mem_v)
+                live = None if live is None else torch.where(evict[..., 0], new_live, live)
                 gate = gates[plan.evict].detach().float().mean() if want_signals else None
             ring_k = torch.where(evict, F.pad(ring_k[:, :, chunk:], (0, 0, 0, chunk)), ring_k)
             ring_v = torch.where(evict, F.pad(ring_v[:, :, chunk:], (0, 0, 0, chunk)), ring_v)
@@ -242,7 +248,9 @@ class BCTAttention(nn.Module):
         )  # (B, G, M+W+C, d)
         values = torch.cat((mem_v, ring_v), dim=2)
         # This layer's read bias on the memory columns: (B, G, 1, M+W+C)
-        bias = plan.bias + F.pad(self.memory.logit_bias(mem_k, mem_v), (0, ring_k.shape[2])).unsqueeze(2)
+        bias = plan.bias + F.pad(self.memory.logit_bias(mem_k, mem_v, live), (0, ring_k.shape[2])).unsqueeze(
+            2
+        )
         signals = None
         if want_signals:
             scores = torch.matmul(q_rot, keys.transpose(-1, -2)) * self.scale + bias  # (B, G, R, M+W+C)
@@ -251,16 +259,17 @@ class BCTAttention(nn.Module):
             signals = {"attn_share": probs[..., : mem_k.shape[2]].float().sum(-1).mean(), "write_gate": gate}
         else:
             out = F.scaled_dot_product_attention(q_rot, keys, values, attn_mask=bias, scale=self.scale)
-        return out.reshape(batch, heads, 1, head_dim), LayerState(mem_k, mem_v, ring_k, ring_v), signals
+        return out.reshape(batch, heads, 1, head_dim), LayerState(mem_k, mem_v, live, ring_k, ring_v), signals
 
 
 def scan_memory(
-    memory: BCTMemory, mem_k, mem_v, k, v, num_writes: int, chunk: int, want_signals: bool = False
+    memory: BCTMemory, state: LayerState, k, v, num_writes: int, chunk: int, want_signals: bool = False
 ):
-    """Write virtual chunks 0..num_writes-1 in order. Returns all num_writes + 1 memory states stacked,
-    (B, G, num_writes + 1, M, 2d) = [keys | values], and, when asked, the write signals (mean write gate,
-    slot-key cosine of the last state, routing entropy; empty when nothing was written)."""
-    mem = torch.cat((mem_k, mem_v), dim=-1)
+    """Write virtual chunks 0..num_writes-1 into `state`'s memory in order. Returns all num_writes + 1 memory
+    states stacked, (B, G, num_writes + 1, M, 2d [+ 1]) = [keys | values [| live]], and, when asked, the
+    write signals (mean write gate, slot-key cosine of the last state, routing entropy; empty when nothing
+    was written)."""
+    mem = memory.write.pack(state.mem_k, state.mem_v, state.mem_live)
     if mem.shape[2] == 0 or num_writes == 0 or not memory.writes_open:
         return mem.unsqueeze(2).expand(-1, -1, num_writes + 1, -1, -1), {}
     span = num_writes * chunk
@@ -275,8 +284,8 @@ def scan_memory(
 
 
 def slot_cosine(mem: torch.Tensor) -> torch.Tensor:
-    """Mean pairwise cosine of the slot keys in mem (B, G, M, 2d): near 1 means the slots collapsed."""
-    keys = F.normalize(mem[..., : mem.shape[-1] // 2].detach().float(), dim=-1)
+    """Mean pairwise cosine of the slot keys in mem (B, G, M, 2d [+ 1]): near 1 means the slots collapsed."""
+    keys = F.normalize(mem[..., : mem.shape[-1] // 2].detach().float(), dim=-1)  # (2d + 1) // 2 = d
     slots = keys.shape[2]
     if slots < 2:
         return keys.new_zeros(())
@@ -313,21 +322,21 @@ def reference_attention(
     rotary: BCTRotary,
     window: int,
     chunk: int,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Plain loop over positions p = 0..T-1 of unpadded rows. q (B, H, T, d); k, v (B, G, T, d) pre-RoPE.
-    Returns the outputs (B, H, T, d) and the final memory (B, G, M, d) ×2."""
+    Returns the outputs (B, H, T, d), the final memory (B, G, M, d) ×2 and its live flags (B, G, M) or None."""
     batch, heads, length, head_dim = q.shape
     rep = heads // k.shape[1]
     scale = 1.0 / math.sqrt(head_dim)
     cos, sin = rotary.table(length, q.device, q.dtype)  # absolute positions
-    mem_k, mem_v = memory.initial_state(batch, q.dtype)
+    mem_k, mem_v, live = memory.initial_state(batch, q.dtype)
     outputs = []
     for p in range(length):
         i = p // chunk
         if p % chunk == 0 and i - window // chunk - 1 >= 0 and mem_k.shape[2] > 0 and memory.writes_open:
             c = i - window // chunk - 1  # the chunk leaving the window now
             span = slice(c * chunk, (c + 1) * chunk)
-            mem_k, mem_v, _ = memory.write.write_chunk(mem_k, mem_v, k[:, :, span], v[:, :, span])
+            mem_k, mem_v, live, _ = memory.write.write_chunk(mem_k, mem_v, live, k[:, :, span], v[:, :, span])
         lo = max(0, i * chunk - window)
         keys = apply_rotary(k[:, :, lo : p + 1], cos[lo : p + 1], sin[lo : p + 1])
         keys = keys.repeat_interleave(rep, dim=1)  # (B, H, n, d)
@@ -336,9 +345,10 @@ def reference_attention(
         query_rot = apply_rotary(query, cos[p], sin[p])
         mem_keys = memory.read_keys(mem_k).repeat_interleave(rep, dim=1)  # (B, H, M, d) at distance δ
         mem_logits = query @ mem_keys.transpose(-1, -2) * scale  # (B, H, 1, M)
-        mem_logits = mem_logits + memory.logit_bias(mem_k, mem_v).repeat_interleave(rep, dim=1).unsqueeze(2)
+        mem_bias = memory.logit_bias(mem_k, mem_v, live).repeat_interleave(rep, dim=1)  # (B, H, M)
+        mem_logits = mem_logits + mem_bias.unsqueeze(2)
         logits = torch.cat((mem_logits, query_rot @ keys.transpose(-1, -2) * scale), dim=-1)
         probs = torch.softmax(logits.float(), dim=-1).to(q.dtype)
         slots = mem_k.shape[2]
         outputs.append(probs[..., :slots] @ mem_v.repeat_interleave(rep, dim=1) + probs[..., slots:] @ values)
-    return torch.cat(outputs, dim=2), mem_k, mem_v
+    return torch.cat(outputs, dim=2), mem_k, mem_v, live

@@ -1,6 +1,6 @@
 """`BCTCache`: the fixed-size runtime state of a BCT, one `BCTCacheLayer` per decoder layer.
 
-Per layer and row it holds the memory (M slots) and a ring of the most recent tokens (at most W + C,
+Per layer and row it holds the memory (M slots, and under `retain` a live flag per slot) and a ring of the most recent tokens (at most W + C,
 keys stored *before* RoPE, oldest first, starting at a chunk boundary). Its tensors are allocated once, at
 the first forward, and never grow: `nbytes()` is `config.kv_cache_bytes(batch, dtype)` at 1 token and at
 10 M tokens.
@@ -28,7 +28,8 @@ CACHE_ARG_NAMES = ("cache", "past_key_values")
 
 
 class BCTCacheLayer(CacheLayerMixin):
-    """One layer's state: ring `keys`/`values` (B, G, W + C, d) and memory `mem_keys`/`mem_values` (B, G, M, d)."""
+    """One layer's state: ring `keys`/`values` (B, G, W + C, d), memory `mem_keys`/`mem_values` (B, G, M, d)
+    and, for a rule with empty slots, `mem_live` (B, G, M) bool."""
 
     is_compileable = False
     is_sliding = False
@@ -38,6 +39,7 @@ class BCTCacheLayer(CacheLayerMixin):
         self.ring_size = ring_size
         self.mem_keys: torch.Tensor | None = None
         self.mem_values: torch.Tensor | None = None
+        self.mem_live: torch.Tensor | None = None
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         batch, heads, _, head_dim = key_states.shape
@@ -46,18 +48,23 @@ class BCTCacheLayer(CacheLayerMixin):
         self.values = torch.zeros(shape, dtype=value_states.dtype, device=value_states.device)
         self.is_initialized = True
 
-    def initialize(self, mem_keys: torch.Tensor, mem_values: torch.Tensor) -> None:
-        """Allocate the ring and take the starting memory (B, G, M, d)."""
+    def initialize(
+        self, mem_keys: torch.Tensor, mem_values: torch.Tensor, mem_live: torch.Tensor | None
+    ) -> None:
+        """Allocate the ring and take the starting memory (B, G, M, d) and its live flags (B, G, M) or None."""
         self.lazy_initialization(mem_keys, mem_values)
         self.mem_keys = mem_keys.contiguous()
         self.mem_values = mem_values.contiguous()
+        self.mem_live = None if mem_live is None else mem_live.contiguous()
 
-    def store(self, mem_keys, mem_values, ring_keys, ring_values) -> None:
-        """Replace the state with same-shaped tensors computed by the attention layer."""
-        self.mem_keys, self.mem_values, self.keys, self.values = mem_keys, mem_values, ring_keys, ring_values
+    def store(self, mem_keys, mem_values, mem_live, ring_keys, ring_values) -> None:
+        """Replace the state with same-shaped tensors computed by the attention layer (a `LayerState`)."""
+        self.mem_keys, self.mem_values, self.mem_live = mem_keys, mem_values, mem_live
+        self.keys, self.values = ring_keys, ring_values
 
     def tensors(self) -> list[torch.Tensor]:
-        return [t for t in (self.mem_keys, self.mem_values, self.keys, self.values) if t is not None]
+        state = (self.mem_keys, self.mem_values, self.mem_live, self.keys, self.values)
+        return [t for t in state if t is not None]
 
     def update(self, key_states, value_states, *args, **kwargs):
         raise NotImplementedError(
@@ -75,7 +82,7 @@ class BCTCacheLayer(CacheLayerMixin):
         return -1  # no limit on context length
 
     def reset(self) -> None:
-        self.keys = self.values = self.mem_keys = self.mem_values = None
+        self.keys = self.values = self.mem_keys = self.mem_values = self.mem_live = None
         self.is_initialized = False
 
     def apply_to_rows(self, fn) -> None:
@@ -83,6 +90,7 @@ class BCTCacheLayer(CacheLayerMixin):
             self.keys, self.values, self.mem_keys, self.mem_values = (
                 fn(t) for t in (self.keys, self.values, self.mem_keys, self.mem_values)
             )
+            self.mem_live = None if self.mem_live is None else fn(self.mem_live)
 
     def crop(self, tokens_to_remove: int) -> None:
         raise ValueError(_NOT_CROPPABLE)

@@ -15,7 +15,7 @@ Field names follow `LlamaConfig`; the capacity fields are new:
 
 At inference every layer holds exactly `kv_capacity = M + W + C` key/value entries per KV head, whatever
 the context length, so the cache is `2 · layers · kv_heads · head_dim · kv_capacity · dtype_bytes · batch`
-bytes (`kv_cache_bytes`).
+bytes (`kv_cache_bytes`), plus, under `retain`, one live-flag byte per slot (`layers · kv_heads · M · batch`).
 """
 
 from __future__ import annotations
@@ -182,18 +182,13 @@ class BCTConfig(PreTrainedConfig):
         return self.memory_slots + self.window + self.chunk_size
 
     def kv_cache_bytes(self, batch_size: int = 1, dtype: torch.dtype | None = None) -> int:
-        """Bytes of the whole KV cache (keys and values, all layers) at any context length."""
+        """Bytes of the whole KV cache (keys and values, all layers; under `retain` also one live-flag byte per
+        slot) at any context length."""
         dtype = dtype or _as_dtype(self.dtype) or torch.float32
         element_bytes = torch.empty((), dtype=dtype).element_size()
-        return (
-            2
-            * self.num_hidden_layers
-            * self.num_key_value_heads
-            * self.head_dim
-            * self.kv_capacity
-            * element_bytes
-            * batch_size
-        )
+        entries = self.num_hidden_layers * self.num_key_value_heads * batch_size  # per layer, head and row
+        live_flags = self.memory_slots if self.memory_write_rule == "retain" else 0
+        return entries * (2 * self.head_dim * self.kv_capacity * element_bytes + live_flags)
 
 
 def _is_int(value: Any) -> bool:

@@ -22,9 +22,15 @@ model computes (issue 17):
   are the source's BOS token itself, key and value, at one BOS token's full weight (each
   `CONVERSION_SINK_AT_DISTANCE_BIAS - ln S`): what StreamingLLM keeps, position-free. Same 2,048-token
   rows, W = 448, C = 64, δ = 448: null sinks 2.053; BOS sinks at full weight **1.850** (StreamingLLM's 4
-  sinks on the source at the same 576 entries: 1.820); BOS sinks at -2: 1.874; those with the retained slots
-  at -ln 60 instead of -4 - ln 60: 1.887. On 512-token rows, which the window covers, BOS sinks give 2.075
-  against the source's 2.080 (`memory_read_distance = 0`, null sinks: 2.084).
+  sinks on the source at the same 576 entries: 1.820); BOS sinks at -2: 1.874. On 512-token rows, which
+  the window covers, BOS sinks give 2.075 against the source's 2.080 (`memory_read_distance = 0`, null
+  sinks: 2.084). The retained tokens are then read at full weight, each as the window read it
+  (`CONVERSION_RETAINED_AT_DISTANCE_BIAS` = 0 per slot): slots not yet written are empty and not read (the
+  live flags), so opening the read adds only real tokens. Loss on the tokens past 512 of the same three
+  rows (source 1.610): retained bias per slot -4 - ln 60 / -2 - ln 60 / -ln 60 / -1 / **0**: 1.7304 /
+  1.7302 / 1.7291 / 1.7190 / **1.7149**. (Before the live flags, empty slots were read as zero-valued sinks
+  and -ln 60 cost loss, 1.887 against 1.850 on all tokens; the trained read bias then stayed shut,
+  docs/design.md §8.4.)
 
 Measured on SmolLM2-135M (README, "Models: from scratch or continued"): with the window covering 512-token
 inputs the loss is within 0.2% of the source's for M = 1, 8, 16, 64; beyond the window the converted model
@@ -55,6 +61,8 @@ CONVERSION_READ_BIAS = -6.0
 CONVERSION_RETAIN_READ_BIAS = -4.0
 # With `memory_read_distance` > 0, the S sinks together take one BOS token's full mass (measured above).
 CONVERSION_SINK_AT_DISTANCE_BIAS = 0.0
+# With `memory_read_distance` > 0, each retained token is read at its full weight (per slot; measured above).
+CONVERSION_RETAINED_AT_DISTANCE_BIAS = 0.0
 SLOT_NOISE = 1e-2  # relative to the sink key scale; breaks the symmetry between identical slots
 
 
@@ -155,7 +163,9 @@ def convert_to_bct(
 def _init_memory_as_null_sink(bct: BCTForCausalLM, source: PreTrainedModel) -> None:
     """Every slot of layer l: key = the source's (pre-RoPE) BOS key at layer l (+ noise), value = 0, read bias
     `CONVERSION_READ_BIAS - ln M`; under `retain` with S sink slots, the sinks' bias is
-    `CONVERSION_READ_BIAS - ln S` and the retained slots' `CONVERSION_RETAIN_READ_BIAS - ln(M - S)`."""
+    `CONVERSION_READ_BIAS - ln S` and the retained slots' `CONVERSION_RETAIN_READ_BIAS - ln(M - S)`; read
+    at a distance δ > 0, the sinks are the BOS token (`CONVERSION_SINK_AT_DISTANCE_BIAS - ln S`) and the
+    retained slots read at `CONVERSION_RETAINED_AT_DISTANCE_BIAS`."""
     captured: dict[int, torch.Tensor] = {}  # layer -> the BOS key (1, 1, G·d) or, for "v"+layer, its value
     hooks = []
     for index, layer in enumerate(source.model.layers):
@@ -188,7 +198,7 @@ def _init_memory_as_null_sink(bct: BCTForCausalLM, source: PreTrainedModel) -> N
             bos_value = captured[f"v{index}"].float().cpu().reshape(kv_heads, 1, head_dim)
             memory.init_values[:, :sinks] = bos_value
             memory.read_bias[:, :sinks] = CONVERSION_SINK_AT_DISTANCE_BIAS - math.log(sinks)
-            memory.read_bias[:, sinks:] = CONVERSION_RETAIN_READ_BIAS - math.log(slots - sinks)
+            memory.read_bias[:, sinks:] = CONVERSION_RETAINED_AT_DISTANCE_BIAS
         elif sinks > 0:
             memory.read_bias[:, :sinks] = CONVERSION_READ_BIAS - math.log(sinks)
             memory.read_bias[:, sinks:] = CONVERSION_RETAIN_READ_BIAS - math.log(slots - sinks)

@@ -22,7 +22,10 @@ over pre-RoPE keys, so that rules can be compared in ablations (docs/design.md �
   same hard top-M in training and decoding; `log σ(s)` is added to those entries' attention logits, which is
   how the score learns (TRIM-KV, Locret). FastKV/SnapKV-style selection, trained into the weights. The first
   `memory_sink_slots` slots are never replaced: they keep their learned initial contents as attention sinks
-  (a converted model's BOS-like sink would otherwise be evicted by the first tokens that score higher).
+  (a converted model's BOS-like sink would otherwise be evicted by the first tokens that score higher). The
+  other slots start *empty*: a per-slot live flag travels with the memory, an empty slot is not read (like
+  the ring's unfilled entries) and is the first to be filled, so before the window overflows the memory is
+  the sinks alone, and "writes closed" is a memory of sinks only.
 - `fifo`: a learned FIFO; each chunk is pooled into one key/value with learned attention weights and
   pushed into the slots, the oldest slot dropping out.
 """
@@ -44,9 +47,13 @@ class MemoryWrite(nn.Module):
     """Interface: write one chunk of evicted tokens into the memory.
 
     The memory travels as one tensor `mem` (B, G, M, 2d) = [keys | values] so that a write is a handful of
-    ops. `token_features` runs once per call over the whole sequence (one big op instead of one per chunk);
-    `forward` is one step of the recurrence and sees only a chunk's features.
+    ops; a rule whose slots can be empty (`has_empty_slots`) adds one channel, the live flag (1: holds an
+    entry, 0: empty), `mem` (B, G, M, 2d + 1). `token_features` runs once per call over the whole sequence
+    (one big op instead of one per chunk); `forward` is one step of the recurrence and sees only a chunk's
+    features.
     """
+
+    has_empty_slots = False
 
     def token_features(self, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """k, v: (B, G, S, d) pre-RoPE -> per-token features (B, G, S, F)."""
@@ -68,10 +75,22 @@ class MemoryWrite(nn.Module):
             gates.append(gate)
         return torch.stack(states, dim=2), torch.stack(gates, dim=2)
 
-    def write_chunk(self, mem_k, mem_v, chunk_k, chunk_v):
-        """One chunk given as keys/values (B, G, C, d): returns new mem_k, mem_v (B, G, M, d) and the gate."""
-        mem, gate = self(torch.cat((mem_k, mem_v), dim=-1), self.token_features(chunk_k, chunk_v))
-        return *mem.chunk(2, dim=-1), gate
+    def pack(self, mem_k: torch.Tensor, mem_v: torch.Tensor, live: torch.Tensor | None) -> torch.Tensor:
+        """(B, G, M, d) ×2 and the live flags (B, G, M) bool or None -> mem (B, G, M, 2d [+ 1])."""
+        parts = (mem_k, mem_v) if live is None else (mem_k, mem_v, live.unsqueeze(-1).to(mem_k.dtype))
+        return torch.cat(parts, dim=-1)
+
+    @staticmethod
+    def unpack(mem: torch.Tensor, head_dim: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """mem (..., M, 2d [+ 1]) -> keys, values (..., M, d) and the live flags (..., M) bool or None."""
+        live = mem[..., 2 * head_dim] > 0.5 if mem.shape[-1] > 2 * head_dim else None
+        return mem[..., :head_dim], mem[..., head_dim : 2 * head_dim], live
+
+    def write_chunk(self, mem_k, mem_v, live, chunk_k, chunk_v):
+        """One chunk given as keys/values (B, G, C, d): returns new mem_k, mem_v (B, G, M, d), live flags
+        (B, G, M) or None, and the gate."""
+        mem, gate = self(self.pack(mem_k, mem_v, live), self.token_features(chunk_k, chunk_v))
+        return *self.unpack(mem, mem_k.shape[-1]), gate
 
     def read_bias(self, mem_k: torch.Tensor, mem_v: torch.Tensor) -> torch.Tensor | None:
         """A logit added to each memory entry when it is read, from its contents: (..., M) or None."""
@@ -167,8 +186,10 @@ class DeltaSlotWrite(AddressedWrite):
 
 class RetainWrite(MemoryWrite):
     """Keeps, after the S sink slots, the M - S entries of [memory after the sinks ; evicted chunk] with the
-    highest retention score. Features per token: [k | v]; the score is recomputed from an entry's contents
-    wherever it is needed."""
+    highest retention score, empty slots scoring lowest. Features per token: [k | v | 1] (a token is a live
+    entry); the score is recomputed from an entry's contents wherever it is needed."""
+
+    has_empty_slots = True
 
     def __init__(self, num_kv_heads: int, head_dim: int, sink_slots: int = 0):
         super().__init__()
@@ -183,19 +204,20 @@ class RetainWrite(MemoryWrite):
 
     def scores(self, entries: torch.Tensor) -> torch.Tensor:
         """entries (B, G, [n,] N, 2d) -> retention scores (B, G, [n,] N)."""
-        raw = torch.einsum("bg...f,gf->bg...", entries, self.score[..., 0]) / math.sqrt(
-            entries.shape[-1] // 2
-        )
+        width = self.score.shape[1]  # 2d
+        raw = torch.einsum("bg...f,gf->bg...", entries, self.score[..., 0]) / math.sqrt(width // 2)
         return raw + self.score_bias.view(-1, *[1] * (entries.dim() - 3))
 
     def token_features(self, k, v):
-        return torch.cat((k, v), dim=-1)
+        return torch.cat((k, v, k.new_ones(*k.shape[:-1], 1)), dim=-1)
 
     def forward(self, mem, features):
-        sinks, kept = mem[:, :, : self.sink_slots], mem[:, :, self.sink_slots :]  # (B, G, S | M - S, 2d)
+        sinks, kept = mem[:, :, : self.sink_slots], mem[:, :, self.sink_slots :]  # (B, G, S | M - S, 2d + 1)
         slots = kept.shape[2]
-        pool = torch.cat((kept, features), dim=2)  # (B, G, M - S + C, 2d)
-        keep = self.scores(pool.detach()).topk(slots, dim=-1).indices.sort(dim=-1).values  # (B, G, M - S)
+        pool = torch.cat((kept, features), dim=2)  # (B, G, M - S + C, 2d + 1)
+        scores = self.scores(pool[..., :-1].detach())  # (B, G, M - S + C)
+        scores = scores.masked_fill(pool[..., -1] < 0.5, torch.finfo(scores.dtype).min)  # empties go first
+        keep = scores.topk(slots, dim=-1).indices.sort(dim=-1).values  # (B, G, M - S)
         new_mem = torch.cat((sinks, pool.gather(2, keep.unsqueeze(-1).expand(-1, -1, -1, pool.shape[-1]))), 2)
         took = torch.cat((torch.zeros_like(sinks[..., 0]), (keep >= slots).to(mem.dtype)), dim=-1)
         return new_mem, took  # gate (B, G, M): 1 where a slot took a new token
@@ -253,13 +275,15 @@ class BCTMemory(nn.Module):
         # Runtime switch, not a weight: closed, the memory keeps its initial slots (the "writes closed" control).
         self.writes_open = True
 
-    def logit_bias(self, mem_k: torch.Tensor, mem_v: torch.Tensor) -> torch.Tensor:
+    def logit_bias(self, mem_k: torch.Tensor, mem_v: torch.Tensor, live: torch.Tensor | None) -> torch.Tensor:
         """What every query adds to its logit on each memory entry: the learned per-slot bias plus the rule's
-        content bias. mem_k, mem_v (B, G, [n,] M, d) -> (B, G, [n,] M)."""
+        content bias, `finfo.min` on empty slots. mem_k, mem_v (B, G, [n,] M, d), live (B, G, [n,] M) bool or
+        None (no empty slots) -> (B, G, [n,] M)."""
         kv_heads, slots = self.read_bias.shape
         bias = self.read_bias.to(mem_k.dtype).view(kv_heads, *[1] * (mem_k.dim() - 4), slots)
         content = self.write.read_bias(mem_k, mem_v)
-        return bias.expand(mem_k.shape[:-1]) if content is None else bias + content
+        bias = bias.expand(mem_k.shape[:-1]) if content is None else bias + content
+        return bias if live is None else bias.masked_fill(~live, torch.finfo(bias.dtype).min)
 
     def read_keys(self, mem_k: torch.Tensor) -> torch.Tensor:
         """The memory keys as a query at its own angle reads them: rotated by -δ (`memory_read_distance`), so
@@ -277,7 +301,14 @@ class BCTMemory(nn.Module):
             self._read_rotation[key] = cos.to(*key), signed_sin.to(*key)
         return apply_rotary(mem_k, *self._read_rotation[key])
 
-    def initial_state(self, batch_size: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """The fresh memory, (B, G, M, d) each (a broadcast view: writes return new tensors)."""
+    def initial_state(
+        self, batch_size: int, dtype: torch.dtype
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """The fresh memory, (B, G, M, d) each (a broadcast view: writes return new tensors), and the live flags
+        (B, G, M) bool: under a rule with empty slots only the sinks are live; None under the others."""
         shape = (batch_size, *self.init_keys.shape)
-        return self.init_keys.to(dtype).expand(shape), self.init_values.to(dtype).expand(shape)
+        live = None
+        if self.write.has_empty_slots:
+            live = torch.zeros(shape[:-1], dtype=torch.bool, device=self.init_keys.device)
+            live[..., : self.config.memory_sink_slots] = True
+        return self.init_keys.to(dtype).expand(shape), self.init_values.to(dtype).expand(shape), live

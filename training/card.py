@@ -204,6 +204,9 @@ def _body(
     reach = layers * (config.window + config.chunk_size)
     sink_slots = config.memory_sink_slots
     sinks = f" ({sink_slots} of them are learned sinks that are never written)" if sink_slots else ""
+    retain = config.memory_write_rule == "retain"
+    live_flags = " Each slot also has a one-byte live flag (an empty slot is not read)." if retain else ""
+    live_column = ", live flags" if retain else ""
     data = run_config["data"]
     tied = (
         "tied input/output embeddings" if config.tie_word_embeddings else "separate input/output embeddings"
@@ -250,9 +253,9 @@ A decoder-only language model whose attention reads and writes a learned, fixed-
 ## KV cache capacity
 
 Every layer holds exactly **{cap} key/value entries per KV head** at any context length:
-{config.memory_slots} memory slots + a window of {config.window} tokens + one chunk of {config.chunk_size}.
+{config.memory_slots} memory slots + a window of {config.window} tokens + one chunk of {config.chunk_size}.{live_flags}
 
-| dtype | KV cache bytes per sequence (all layers, keys and values) |
+| dtype | KV cache bytes per sequence (all layers, keys and values{live_column}) |
 |---|---|
 | float32 | {fp32:,} |
 | bfloat16 | {bf16:,} |

@@ -10,8 +10,8 @@ same weights run four ways, crossing two knobs:
 - selection: `learned`, the model's own retention score; or `first`, an oracle that fills the retained slots
   with the first M - S tokens to leave the window (the intro and the first pairs) and never replaces them;
 - read: `trained`, the retained slots' read bias as exported; or `full`, a bias of 0 per slot, so that a
-  retained token weighs in the softmax what it weighed in the window. Retained slots that still hold their
-  initial contents are then hidden (logit -30): at full weight they would act as M - S zero-valued sinks.
+  retained token weighs in the softmax what it weighed in the window. Slots not yet written are empty and
+  not read (the model's live flags), under either read.
 
 Answers are split by where their value lies: among the first M - S tokens (what the oracle keeps) or later.
 If `first` + `full` recalls the first group and the model's own rows do not, the memory can be read and the
@@ -35,8 +35,6 @@ from eval.corpus import add_heldout_args, heldout_documents
 from eval.report import command_line, write_json, write_markdown
 from eval.scoring import answer_runs
 
-HIDDEN_LOGIT = -30.0  # what an unwritten retained slot adds to its logits when the read is at full weight
-
 
 @contextmanager
 def probed(model: PreTrainedModel, selection: str, read: str) -> Iterator[None]:
@@ -45,25 +43,23 @@ def probed(model: PreTrainedModel, selection: str, read: str) -> Iterator[None]:
     config = model.config
     sinks, slots = config.memory_sink_slots, config.memory_slots
     memories = [layer.self_attn.memory for layer in model.model.layers]
+    if not getattr(memories[0].write, "has_empty_slots", False):
+        raise ValueError(
+            f"retain-probe needs a `retain` model whose code keeps per-slot live flags; {config.name_or_path!r} "
+            f"has memory_write_rule={config.memory_write_rule!r} or predates them (re-export it from its "
+            "checkpoint with `python train.py export --checkpoint RUN/step_N --out DIR`)."
+        )
     saved_bias = [memory.read_bias.detach().clone() for memory in memories]
     writes = {}  # id(write rule) -> chunks written in the current forward (the oracle keeps the first)
     fresh_count = model.register_forward_pre_hook(lambda *_: writes.clear())
 
-    def keep_first(self, mem, features):  # mem (B, G, M, 2d), features (B, G, C, 2d)
+    def keep_first(self, mem, features):  # mem (B, G, M, 2d + 1), features (B, G, C, 2d + 1): live last
         count = writes.get(id(self), 0)
         writes[id(self)] = count + 1
         if count > 0:
             return mem, torch.zeros(mem.shape[:-1], dtype=mem.dtype, device=mem.device)
         kept = torch.cat((mem[:, :, :sinks], features[:, :, : slots - sinks]), dim=2)
         return kept, torch.ones(mem.shape[:-1], dtype=mem.dtype, device=mem.device)
-
-    def hide_unwritten(self, mem_k, mem_v):  # (B, G, [n,] M, d) -> (B, G, [n,] M)
-        bias = type(self).logit_bias(self, mem_k, mem_v)
-        initial = self.init_keys.to(mem_k.dtype)  # (G, M, d)
-        initial = initial.view(initial.shape[0], *[1] * (mem_k.dim() - 4), *initial.shape[1:])
-        unwritten = (mem_k == initial).all(dim=-1)
-        unwritten[..., :sinks] = False  # the sinks are read as they are
-        return bias.masked_fill(unwritten, HIDDEN_LOGIT)
 
     try:
         for memory in memories:
@@ -72,13 +68,11 @@ def probed(model: PreTrainedModel, selection: str, read: str) -> Iterator[None]:
             if read == "full":
                 with torch.no_grad():
                     memory.read_bias[:, sinks:] = 0.0
-                memory.logit_bias = types.MethodType(hide_unwritten, memory)
         yield
     finally:
         fresh_count.remove()
         for memory, bias in zip(memories, saved_bias):
             memory.write.__dict__.pop("forward", None)
-            memory.__dict__.pop("logit_bias", None)
             with torch.no_grad():
                 memory.read_bias.copy_(bias)
 

@@ -1,8 +1,9 @@
-"""`eval retain-probe`: the oracle keeps exactly the first evicted tokens, the full read hides unwritten slots,
-and the model is left as it was."""
+"""`eval retain-probe`: the oracle keeps exactly the first evicted tokens, the full read opens the written slots
+(empty ones stay unread), and the model is left as it was."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from eval.tools.retain_probe import probed
@@ -53,19 +54,22 @@ def test_oracle_keeps_the_first_evicted_tokens_and_full_read_opens_them():
         )
 
 
-def test_full_read_hides_unwritten_slots_and_the_model_is_restored():
+def test_full_read_opens_written_slots_only_and_the_model_is_restored():
     model = retain_model()
-    ids = torch.randint(
-        0, 64, (1, WINDOW + CHUNK)
-    )  # nothing leaves the window: every retained slot unwritten
+    short = torch.randint(0, 64, (1, WINDOW + CHUNK))  # nothing leaves the window: every retained slot empty
+    long = torch.randint(0, 64, (1, 40))
     with torch.no_grad():
-        before = model(ids).logits
+        before = [model(ids).logits for ids in (short, long)]
         with probed(model, "learned", "full"):
-            opened = model(ids).logits
-        after = model(ids).logits
-        for layer in model.model.layers:  # the same model with its retained slots shut outright
-            layer.self_attn.memory.read_bias[:, SINKS:] = -1e4
-        shut = model(ids).logits
-    assert torch.equal(before, after)  # read bias and methods restored
-    assert torch.allclose(opened, shut, atol=1e-5)  # unwritten slots hidden, not read at bias 0
-    assert not torch.allclose(opened, before, atol=1e-3)  # and the -6 read was visible before
+            opened = [model(ids).logits for ids in (short, long)]
+        after = [model(ids).logits for ids in (short, long)]
+    assert all(torch.equal(b, a) for b, a in zip(before, after))  # read bias and methods restored
+    assert torch.equal(opened[0], before[0])  # empty slots are not read, whatever their bias
+    assert not torch.allclose(opened[1], before[1], atol=1e-3)  # written ones are, at bias 0 instead of -6
+
+
+def test_a_model_without_live_flags_is_refused():
+    torch.manual_seed(0)
+    model = BCTForCausalLM(BCTConfig(vocab_size=64, **SHAPE, memory_slots=4, window=16, chunk_size=8)).eval()
+    with pytest.raises(ValueError, match="memory_write_rule='gated'"), probed(model, "first", "full"):
+        pass

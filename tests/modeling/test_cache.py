@@ -11,19 +11,14 @@ from .conftest import TINY, tiny_model
 
 
 def formula_bytes(config, batch, dtype_bytes):
-    return (
-        2
-        * config.num_hidden_layers
-        * config.num_key_value_heads
-        * config.head_dim
-        * (config.memory_slots + config.window + config.chunk_size)
-        * dtype_bytes
-        * batch
-    )
+    live_flags = config.memory_slots if config.memory_write_rule == "retain" else 0  # one byte per slot
+    per_head = 2 * config.head_dim * (config.memory_slots + config.window + config.chunk_size) * dtype_bytes
+    return config.num_hidden_layers * config.num_key_value_heads * batch * (per_head + live_flags)
 
 
-def test_capacity_formula():
-    config = BCTConfig(**TINY)
+@pytest.mark.parametrize("rule", ["gated", "retain"])
+def test_capacity_formula(rule):
+    config = BCTConfig(**{**TINY, "memory_write_rule": rule})
     assert config.kv_capacity == TINY["memory_slots"] + TINY["window"] + TINY["chunk_size"]
     assert config.kv_cache_bytes(batch_size=3) == formula_bytes(config, 3, 4)
     assert config.kv_cache_bytes(batch_size=1, dtype=torch.bfloat16) == formula_bytes(config, 1, 2)
@@ -54,9 +49,10 @@ def test_cache_bytes_constant_from_1k_to_100k_tokens():
     assert int(cache.seen[0]) == seen
 
 
+@pytest.mark.parametrize("overrides", [{}, {"memory_write_rule": "retain", "memory_sink_slots": 2}])
 @torch.no_grad()
-def test_cache_tensors_never_grow():
-    model = tiny_model()
+def test_cache_tensors_never_grow(overrides):
+    model = tiny_model(**overrides)
     cache = BCTCache(model.config)
     model(torch.randint(0, 101, (2, 5)), cache=cache)
     shapes = [tuple(t.shape) for layer in cache.layers for t in layer.tensors()]

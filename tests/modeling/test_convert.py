@@ -22,6 +22,7 @@ from modeling import BCTForCausalLM, convert_to_bct
 from modeling.convert import (
     CONVERSION_READ_BIAS,
     CONVERSION_RETAIN_READ_BIAS,
+    CONVERSION_RETAINED_AT_DISTANCE_BIAS,
     CONVERSION_SINK_AT_DISTANCE_BIAS,
 )
 
@@ -190,7 +191,7 @@ def test_retain_conversion_keeps_its_sink_slots_apart_from_the_retained_tokens()
 def test_retain_conversion_read_at_a_distance_makes_its_sinks_the_bos_token():
     """With `memory_read_distance` > 0 the S sinks are the source's BOS token, key and value, at one BOS's full
     weight (CONVERSION_SINK_AT_DISTANCE_BIAS - ln S each): read δ back, that is where the source saw its first
-    token once it left the window. The window still covers the input within 1% of the source's loss."""
+    token once it left the window; the retained tokens are read at CONVERSION_RETAINED_AT_DISTANCE_BIAS. The window still covers the input within 1% of the source's loss."""
     source = random_source("llama")
     bct = convert_to_bct(
         source, memory_slots=8, window=56, chunk_size=8, memory_write_rule="retain", memory_sink_slots=2,
@@ -210,6 +211,10 @@ def test_retain_conversion_read_at_a_distance_makes_its_sinks_the_bos_token():
     assert torch.equal(memory.init_values[:, 2:], torch.zeros_like(memory.init_values[:, 2:]))
     assert torch.allclose(
         memory.read_bias[:, :2], torch.tensor(CONVERSION_SINK_AT_DISTANCE_BIAS - math.log(2))
+    )
+    assert torch.equal(
+        memory.read_bias[:, 2:],
+        torch.full_like(memory.read_bias[:, 2:], CONVERSION_RETAINED_AT_DISTANCE_BIAS),
     )
     ids = torch.randint(0, SHAPE["vocab_size"], (2, 64), generator=torch.Generator().manual_seed(1))
     assert (

@@ -32,11 +32,11 @@ def fast_layer(model, hidden, segment=None):
 def reference_layer(model, hidden):
     attn = model.model.layers[0].self_attn
     q, k, v = attn.project(hidden)
-    out, mem_k, mem_v = reference_attention(
+    out, mem_k, mem_v, live = reference_attention(
         q, k, v, attn.memory, model.model.rotary, TINY["window"], TINY["chunk_size"]
     )
     batch, _, length, _ = out.shape
-    return attn.o_proj(out.transpose(1, 2).reshape(batch, length, -1)), mem_k, mem_v
+    return attn.o_proj(out.transpose(1, 2).reshape(batch, length, -1)), mem_k, mem_v, live
 
 
 @pytest.mark.parametrize("distance", [0, 37], ids=lambda d: f"read-distance{d}")
@@ -47,10 +47,13 @@ def test_fast_path_matches_reference_outputs_and_memory(rule, segment, distance)
     hidden = torch.randn(2, LENGTH, TINY["hidden_size"])
     with torch.no_grad():
         fast, state = fast_layer(model, hidden, segment)
-        ref, mem_k, mem_v = reference_layer(model, hidden)
+        ref, mem_k, mem_v, live = reference_layer(model, hidden)
     assert (fast - ref).abs().max() <= 1e-5
     assert (state.mem_keys - mem_k).abs().max() <= 1e-5
     assert (state.mem_values - mem_v).abs().max() <= 1e-5
+    assert (state.mem_live is None) == (live is None) == (rule != "retain")
+    if live is not None:
+        assert torch.equal(state.mem_live, live)
     # the memory really moved away from its initial slots
     assert (mem_k - model.model.layers[0].self_attn.memory.init_keys).abs().max() > 1e-2
 
@@ -76,7 +79,7 @@ def test_fast_path_matches_reference_gradients(rule, distance):
         return out, state.mem_keys, state.mem_values
 
     fast_grads, fast_input = gradients(fast)
-    ref_grads, ref_input = gradients(lambda: reference_layer(model, hidden))
+    ref_grads, ref_input = gradients(lambda: reference_layer(model, hidden)[:3])
     assert set(fast_grads) == set(ref_grads) == {n for n, p in attn.named_parameters()}
     for name in ref_grads:
         scale = ref_grads[name].abs().max().clamp_min(1e-3)
@@ -90,10 +93,14 @@ def test_rule_scan_matches_its_one_step_loop(rule):
     from modeling.memory import MemoryWrite
 
     write = tiny_model(memory_write_rule=rule).model.layers[0].self_attn.memory.write.double()
-    mem = torch.randn(3, 2, TINY["memory_slots"], 32, dtype=torch.float64, requires_grad=True)
+    slots = TINY["memory_slots"]
+    mem = torch.randn(3, 2, slots, 32, dtype=torch.float64)
+    if write.has_empty_slots:  # a random half of the slots empty
+        mem = write.pack(*mem.chunk(2, dim=-1), torch.rand(3, 2, slots) < 0.5)
+    mem.requires_grad_(True)
     k = torch.randn(3, 2, 4 * 6, 16, dtype=torch.float64, requires_grad=True)
     v = torch.randn(3, 2, 4 * 6, 16, dtype=torch.float64, requires_grad=True)
-    weights = torch.randn(3, 2, 5, TINY["memory_slots"], 32, dtype=torch.float64)
+    weights = torch.randn(3, 2, 5, *mem.shape[2:], dtype=torch.float64)
 
     def run(scan):
         features = write.token_features(k, v).reshape(3, 2, 4, 6, -1)
@@ -121,19 +128,41 @@ def test_retain_keeps_the_sinks_then_the_top_scored_entries_in_order(sinks):
         tiny_model(memory_write_rule="retain", memory_sink_slots=sinks).model.layers[0].self_attn.memory.write
     )
     slots, chunk = TINY["memory_slots"], 6
-    mem = torch.randn(2, 2, slots, 32)
-    features = torch.randn(2, 2, chunk, 32)
+    live = torch.rand(2, 2, slots) < 0.5  # some slots empty: they go before any entry
+    live[..., :sinks] = True
+    mem = write.pack(torch.randn(2, 2, slots, 16), torch.randn(2, 2, slots, 16), live)
+    features = write.token_features(torch.randn(2, 2, chunk, 16), torch.randn(2, 2, chunk, 16))
     with torch.no_grad():
         new_mem, took = write(mem, features)
     for b in range(2):
         for g in range(2):
             pool = list(mem[b, g, sinks:]) + list(features[b, g])
             u, c = write.score[g, :, 0].detach(), float(write.score_bias[g].detach())
-            scores = [float(entry @ u) / math.sqrt(16) + c for entry in pool]
+            scores = [float(e[:32] @ u) / math.sqrt(16) + c if e[32] == 1 else -math.inf for e in pool]
             best = sorted(sorted(range(len(pool)), key=lambda i: -scores[i])[: slots - sinks])
             expected = torch.stack([*mem[b, g, :sinks], *(pool[i] for i in best)])
             assert torch.allclose(new_mem[b, g], expected)
             assert took[b, g].tolist() == [0.0] * sinks + [float(i >= slots - sinks) for i in best]
+            assert new_mem[b, g, :, 32].tolist() == [1.0] * slots  # chunk > slots: every slot now live
+
+
+def test_retain_reads_nothing_from_empty_slots_and_fills_them_first():
+    """Nine retained slots fill over three writes of 4 tokens: the fast paths equal the reference while part
+    of the memory is still empty, and an empty slot's initial contents cannot change any output."""
+    model = tiny_model(memory_write_rule="retain", memory_slots=10, memory_sink_slots=1)
+    hidden = torch.randn(2, LENGTH, TINY["hidden_size"])
+    with torch.no_grad():
+        ref, mem_k, _, live = reference_layer(model, hidden)
+        for segment in (None, 1):
+            fast, state = fast_layer(model, hidden, segment)
+            assert (fast - ref).abs().max() <= 1e-5 and torch.equal(state.mem_live, live)
+        assert (
+            live.all() and (mem_k[:, :, 1:] != model.model.layers[0].self_attn.memory.init_keys[:, 1:]).all()
+        )
+        model.model.layers[0].self_attn.memory.init_keys[:, 1:] += 100.0
+        model.model.layers[0].self_attn.memory.init_values[:, 1:] -= 100.0
+        assert torch.equal(reference_layer(model, hidden)[0], ref)
+        assert (fast_layer(model, hidden)[0] - ref).abs().max() <= 1e-5
 
 
 @pytest.mark.parametrize("distance", [0, 5, 3000])
