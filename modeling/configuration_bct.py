@@ -28,6 +28,7 @@ from transformers import PreTrainedConfig
 from transformers.activations import ACT2FN
 
 WRITE_RULES = ("gated", "delta", "retain", "fifo")
+RULES_WITH_EMPTY_SLOTS = ("retain",)  # their slots start empty and carry a live flag (modeling/memory.py)
 # RoPE variants whose frequencies do not depend on the current sequence length: relative rotation stays exact.
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3", "yarn")
 
@@ -181,13 +182,18 @@ class BCTConfig(PreTrainedConfig):
         """Key/value entries held per layer per KV head: memory slots + window + one chunk."""
         return self.memory_slots + self.window + self.chunk_size
 
+    @property
+    def has_live_flags(self) -> bool:
+        """Whether the memory carries a live flag per slot (its write rule starts the slots empty)."""
+        return self.memory_write_rule in RULES_WITH_EMPTY_SLOTS
+
     def kv_cache_bytes(self, batch_size: int = 1, dtype: torch.dtype | None = None) -> int:
         """Bytes of the whole KV cache (keys and values, all layers; under `retain` also one live-flag byte per
         slot) at any context length."""
         dtype = dtype or _as_dtype(self.dtype) or torch.float32
         element_bytes = torch.empty((), dtype=dtype).element_size()
         entries = self.num_hidden_layers * self.num_key_value_heads * batch_size  # per layer, head and row
-        live_flags = self.memory_slots if self.memory_write_rule == "retain" else 0
+        live_flags = self.memory_slots if self.has_live_flags else 0
         return entries * (2 * self.head_dim * self.kv_capacity * element_bytes + live_flags)
 
 

@@ -47,13 +47,11 @@ class MemoryWrite(nn.Module):
     """Interface: write one chunk of evicted tokens into the memory.
 
     The memory travels as one tensor `mem` (B, G, M, 2d) = [keys | values] so that a write is a handful of
-    ops; a rule whose slots can be empty (`has_empty_slots`) adds one channel, the live flag (1: holds an
-    entry, 0: empty), `mem` (B, G, M, 2d + 1). `token_features` runs once per call over the whole sequence
+    ops; a rule whose slots start empty (`BCTConfig.has_live_flags`) adds one channel, the live flag (1: holds
+    an entry, 0: empty), `mem` (B, G, M, 2d + 1). `token_features` runs once per call over the whole sequence
     (one big op instead of one per chunk); `forward` is one step of the recurrence and sees only a chunk's
     features.
     """
-
-    has_empty_slots = False
 
     def token_features(self, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """k, v: (B, G, S, d) pre-RoPE -> per-token features (B, G, S, F)."""
@@ -75,7 +73,8 @@ class MemoryWrite(nn.Module):
             gates.append(gate)
         return torch.stack(states, dim=2), torch.stack(gates, dim=2)
 
-    def pack(self, mem_k: torch.Tensor, mem_v: torch.Tensor, live: torch.Tensor | None) -> torch.Tensor:
+    @staticmethod
+    def pack(mem_k: torch.Tensor, mem_v: torch.Tensor, live: torch.Tensor | None) -> torch.Tensor:
         """(B, G, M, d) ×2 and the live flags (B, G, M) bool or None -> mem (B, G, M, 2d [+ 1])."""
         parts = (mem_k, mem_v) if live is None else (mem_k, mem_v, live.unsqueeze(-1).to(mem_k.dtype))
         return torch.cat(parts, dim=-1)
@@ -188,8 +187,6 @@ class RetainWrite(MemoryWrite):
     """Keeps, after the S sink slots, the M - S entries of [memory after the sinks ; evicted chunk] with the
     highest retention score, empty slots scoring lowest. Features per token: [k | v | 1] (a token is a live
     entry); the score is recomputed from an entry's contents wherever it is needed."""
-
-    has_empty_slots = True
 
     def __init__(self, num_kv_heads: int, head_dim: int, sink_slots: int = 0):
         super().__init__()
@@ -308,7 +305,7 @@ class BCTMemory(nn.Module):
         (B, G, M) bool: under a rule with empty slots only the sinks are live; None under the others."""
         shape = (batch_size, *self.init_keys.shape)
         live = None
-        if self.write.has_empty_slots:
+        if self.config.has_live_flags:
             live = torch.zeros(shape[:-1], dtype=torch.bool, device=self.init_keys.device)
             live[..., : self.config.memory_sink_slots] = True
         return self.init_keys.to(dtype).expand(shape), self.init_values.to(dtype).expand(shape), live

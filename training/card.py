@@ -204,9 +204,9 @@ def _body(
     reach = layers * (config.window + config.chunk_size)
     sink_slots = config.memory_sink_slots
     sinks = f" ({sink_slots} of them are learned sinks that are never written)" if sink_slots else ""
-    retain = config.memory_write_rule == "retain"
-    live_flags = " Each slot also has a one-byte live flag (an empty slot is not read)." if retain else ""
-    live_column = ", live flags" if retain else ""
+    flags = config.has_live_flags
+    live_flags = " Each slot also has a one-byte live flag (an empty slot is not read)." if flags else ""
+    live_column = ", live flags" if flags else ""
     data = run_config["data"]
     tied = (
         "tied input/output embeddings" if config.tie_word_embeddings else "separate input/output embeddings"

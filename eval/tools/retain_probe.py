@@ -43,7 +43,7 @@ def probed(model: PreTrainedModel, selection: str, read: str) -> Iterator[None]:
     config = model.config
     sinks, slots = config.memory_sink_slots, config.memory_slots
     memories = [layer.self_attn.memory for layer in model.model.layers]
-    if not getattr(memories[0].write, "has_empty_slots", False):
+    if not getattr(config, "has_live_flags", False):
         raise ValueError(
             f"retain-probe needs a `retain` model whose code keeps per-slot live flags; {config.name_or_path!r} "
             f"has memory_write_rule={config.memory_write_rule!r} or predates them (re-export it from its "
