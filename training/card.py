@@ -286,9 +286,10 @@ applications.
   {config.memory_slots} slots by the learned `{config.memory_write_rule}` write rule{sinks};
   every query reads slots and window in one softmax.
 - **What the memory recalls is trained, not given:** in the project's measurements a 4-layer model (1,500
-  steps, 3.1 M tokens, half synthetic recall rows) did not use its writes (closing them changed held-out loss by 0.002 nats), while
-  SmolLM2-135M continued 120 steps on a mix with recall rows recalled 77-81% of key-value answers ~900 tokens
-  back (0% with writes closed on the same weights) but only 17% of passkeys beyond the windows' stacked reach.
+  steps, 3.1 M tokens, half synthetic recall rows) did not use its writes (closing them changed held-out loss
+  by 0.002 nats), while SmolLM2-135M continued 120 steps on a mix with recall rows recalled 77-81% of
+  key-value answers ~900 tokens back (0% with writes closed on the same weights) but only 17% of passkeys
+  beyond the windows' stacked reach.
   Unless the evaluation results below include recall figures for this model, assume it does not recall exact
   facts from beyond its window: past that it may keep a lossy summary, not the text.
 
