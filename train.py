@@ -26,6 +26,7 @@ from training.checkpoint import remove_partial, save_checkpoint
 from training.config import (
     ConfigError,
     RunConfig,
+    bct_checkpoint_fields,
     config_dict,
     load_run_config,
     sample_settings,
@@ -201,16 +202,13 @@ def train(cfg: RunConfig) -> int:
             print(f"an earlier run's metrics.jsonl is kept as {set_aside}")
         if cfg.init_from is not None and val_batches:
             # Step 0 of continued training: the converted model beside the source model it came from, on the
-            # same batches (docs/design.md §4: equal where the window covers the sequence).
-            source = evaluate(accelerator, load_init_source(cfg).to(accelerator.device), val_batches)
-            log_eval(
-                accelerator,
-                model,
-                val_batches,
-                metrics_file,
-                0,
-                extra={"val/source_loss": source["val/loss"], "val/source_ppl": source["val/ppl"]},
-            )
+            # same batches (docs/design.md §4: equal where the window covers the sequence). A BCT checkpoint
+            # is continued as it is: it is its own source.
+            extra = {}
+            if bct_checkpoint_fields(cfg.init_from) is None:
+                source = evaluate(accelerator, load_init_source(cfg).to(accelerator.device), val_batches)
+                extra = {"val/source_loss": source["val/loss"], "val/source_ppl": source["val/ppl"]}
+            log_eval(accelerator, model, val_batches, metrics_file, 0, extra=extra)
 
     stop = StopRequest()
     hub = run_uploader(cfg, accelerator.is_main_process)  # None without push_to_hub

@@ -428,7 +428,47 @@ def _validate_model(cfg: RunConfig) -> BCTConfig:
             cfg.model.fields[name],
             f"with init_from, only {', '.join(CONVERSION_FIELDS)}",
         )
+    checkpoint = bct_checkpoint_fields(cfg.init_from)
+    if checkpoint is not None:
+        return _continued_bct_config(cfg, checkpoint)
     return _build_config(conversion_kwargs(cfg))
+
+
+def bct_checkpoint_fields(init_from: str, local_files_only: bool = True) -> dict[str, Any] | None:
+    """The config.json fields of `init_from` when it is a BCT checkpoint (model_type "bct", e.g. an earlier
+    run's export), else None. A BCT checkpoint is continued as it is, not converted. `local_files_only`: a
+    Hub id is looked up in the Hub cache only (validation makes no network calls)."""
+    from transformers import PretrainedConfig
+
+    folder, gguf_file = resolve_init_source(init_from)
+    if gguf_file is not None:
+        return None
+    try:
+        fields, _ = PretrainedConfig.get_config_dict(
+            str(Path(folder).expanduser()), local_files_only=local_files_only
+        )
+    except (
+        OSError,
+        ValueError,
+    ):  # no config.json there (yet): a source to convert, or an error found elsewhere
+        return None
+    return fields if fields.get("model_type") == BCTConfig.model_type else None
+
+
+def _continued_bct_config(cfg: RunConfig, checkpoint: dict[str, Any]) -> BCTConfig:
+    """A BCT checkpoint's capacity and memory rules are trained into its weights: the run may restate them,
+    not change them."""
+    requested = dict(cfg.model.fields)
+    requested.update({k: getattr(cfg.model, k) for k in CAPACITY_FIELDS if getattr(cfg.model, k) is not None})
+    for name, value in requested.items():
+        _require(
+            value == checkpoint.get(name),
+            f"model.{name}",
+            value,
+            f"{checkpoint.get(name)!r} or unset: init_from {cfg.init_from!r} is a BCT checkpoint, continued "
+            "with the capacity and memory rules trained into its weights",
+        )
+    return _build_config({k: v for k, v in checkpoint.items() if k not in _HF_BOOKKEEPING})
 
 
 def _validate_init_from(init_from: str) -> None:

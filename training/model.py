@@ -19,7 +19,13 @@ from accelerate.utils import set_seed
 from data import build_tokenizer, check_vocab_fits
 from modeling import BCTConfig, BCTForCausalLM, convert_to_bct
 from modeling.convert import load_source
-from training.config import RunConfig, conversion_kwargs, model_config_kwargs, resolve_init_source
+from training.config import (
+    RunConfig,
+    bct_checkpoint_fields,
+    conversion_kwargs,
+    model_config_kwargs,
+    resolve_init_source,
+)
 
 
 def build_model_and_tokenizer(accelerator: Accelerator, cfg: RunConfig) -> tuple[BCTForCausalLM, Any]:
@@ -61,7 +67,10 @@ def convert_once(cfg: RunConfig, init_dir: Path) -> None:
             )
         return
     source, gguf_file = resolve_init_source(cfg.init_from)
-    model = convert_to_bct(source, gguf_file=gguf_file, **conversion_kwargs(cfg))
+    if bct_checkpoint_fields(cfg.init_from, local_files_only=False) is not None:
+        model = BCTForCausalLM.from_pretrained(source, dtype=torch.float32)  # continued as it is
+    else:
+        model = convert_to_bct(source, gguf_file=gguf_file, **conversion_kwargs(cfg))
     tokenizer = build_tokenizer(cfg.data, pretrained=source, gguf_file=gguf_file)
     tmp = init_dir.with_name(init_dir.name + ".tmp")
     if tmp.exists():

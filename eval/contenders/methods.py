@@ -25,6 +25,7 @@ import os
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache, PreTrainedModel
@@ -366,7 +367,15 @@ def build_methods(
 
 
 def _disambiguate(methods: list[Method]) -> None:
+    """Methods that share a label are told apart by the shortest tail of their source paths that differs
+    (`runs/a/export` and `runs/b/export` -> "BCT (a/export)", "BCT (b/export)")."""
     labels = [m.label for m in methods]
-    for method in methods:
-        if labels.count(method.label) > 1:
-            method.label = f"{method.label} ({os.path.basename(os.path.normpath(method.source))})"
+    for method, label in zip(methods, labels):
+        same = [Path(os.path.normpath(m.source)).parts for m, other in zip(methods, labels) if other == label]
+        if len(same) == 1:
+            continue
+        mine = Path(os.path.normpath(method.source)).parts
+        depth = 1
+        while depth < len(mine) and sum(p[-depth:] == mine[-depth:] for p in same) > 1:
+            depth += 1
+        method.label = f"{label} ({'/'.join(mine[-depth:])})"

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from eval.contenders.methods import close_writes, make_method
+from eval.contenders.methods import LoadedModel, build_methods, close_writes, make_method
 from eval.tools.to_llama import bct_to_llama
 
 from .conftest import tiny_bct
@@ -29,6 +29,18 @@ def test_writes_closed_keeps_the_initial_memory_on_a_copy(bct):
         assert torch.equal(keys[0], initial.init_keys) and torch.equal(values[0], initial.init_values)
     for layer, (keys, _) in zip(bct.model.model.layers, memory_state(opened, ids)):
         assert not torch.allclose(keys[0], layer.self_attn.memory.init_keys)  # open writes do change it
+
+
+def test_two_exports_of_the_same_name_get_labels_that_tell_them_apart(bct):
+    """Two runs' `export/` folders: each label carries the shortest path tail that differs."""
+    first, second = (LoadedModel(f"runs/{run}/export", bct.model, None) for run in ("long", "short"))
+    labels = [m.label for m in build_methods([first, second], [], writes_closed=True, kv_bytes=None)]
+    assert labels == [
+        "BCT (long/export)",
+        "BCT, writes closed (long/export)",
+        "BCT (short/export)",
+        "BCT, writes closed (short/export)",
+    ]
 
 
 def test_writes_closed_needs_a_bct(llama):

@@ -119,6 +119,15 @@ def test_base_model_of_continued_runs(tiny_llama_dir):
     assert local["hub_id"] is None and local["license"] is None and "llama" in local["description"]
     assert str(tiny_llama_dir.parent) not in local["description"]
     assert base_model_info("someone/llama-7b", "llama")["hub_id"] == "someone/llama-7b"
+    assert not local["is_bct"]
+
+
+def test_base_model_of_a_continued_bct(baseline):
+    """A run continued from an earlier run's export names that BCT (and what it was built from), not a Llama."""
+    info = base_model_info(str(baseline / "export"), None)
+    assert info["is_bct"] and info["description"] == "a local BCT checkpoint `run/export`"
+    converted = base_model_info(str(baseline / "export"), "llama")["description"]
+    assert converted == "a local BCT checkpoint `run/export` (converted from llama)"
 
 
 def test_uploads_fail_offline_and_keep_local_files(tmp_path, capsys):

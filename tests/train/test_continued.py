@@ -15,24 +15,28 @@ from training.card import SMOLLM2_HUB_ID
 from training.tracking import read_metrics
 
 
-def test_continue_from_tiny_llama_checkpoint(tiny_llama_dir, tiny_llama_hub_cache, data_cache, tmp_path):
-    """From a Hub id (offline: the repo sits in the Hub cache). The export's card names it as base_model."""
-    out = tmp_path / "run"
+def continued_debug_run(out, data_cache, init_from: str, *overrides: str, **env: str) -> None:
+    """configs/debug.yaml continued from `init_from` (its architecture: `model.config=null`), no checkpoints."""
     run_train(
         [
             "--config",
             "configs/debug.yaml",
             f"output_dir={out}",
             f"data.cache_dir={data_cache}",
-            f"init_from={TINY_LLAMA_REPO}",
+            f"init_from={init_from}",
             "model.config=null",
-            "model.memory_slots=4",
-            "max_steps=8",
             "train.save_every=0",
-            "train.eval_every=0",
+            *overrides,
         ],
-        HF_HUB_CACHE=str(tiny_llama_hub_cache),
+        **env,
     )
+
+
+def test_continue_from_tiny_llama_checkpoint(tiny_llama_dir, tiny_llama_hub_cache, data_cache, tmp_path):
+    """From a Hub id (offline: the repo sits in the Hub cache). The export's card names it as base_model."""
+    out = tmp_path / "run"
+    overrides = ("model.memory_slots=4", "max_steps=8", "train.eval_every=0")
+    continued_debug_run(out, data_cache, TINY_LLAMA_REPO, *overrides, HF_HUB_CACHE=str(tiny_llama_hub_cache))
     init = json.loads((out / "init" / "config.json").read_text())
     assert init["model_type"] == "bct" and init["memory_slots"] == 4 and init["num_hidden_layers"] == 2
     # The source's weights arrive unchanged in the converted init; only memory parameters are new.
@@ -52,6 +56,22 @@ def test_continue_from_tiny_llama_checkpoint(tiny_llama_dir, tiny_llama_hub_cach
     card = check_card(out / "export", tmp_path, tiny_llama_hub_cache)  # untied embeddings
     assert card.data.base_model == TINY_LLAMA_REPO and card.data.license == "mit"  # the base model's
     assert f"continued from {TINY_LLAMA_REPO} (llama)" in card.text
+
+
+def test_continue_from_a_bct_export(baseline, baseline_metrics, data_cache, tmp_path):
+    """`init_from` an earlier run's export continues that BCT as it is: same weights and capacity (restated
+    capacity is allowed), and its first evaluation is where the earlier run's last one ended."""
+    export = baseline / "export"
+    slots = json.loads((export / "config.json").read_text())["memory_slots"]
+    out = tmp_path / "run"
+    continued_debug_run(out, data_cache, str(export), f"model.memory_slots={slots}", "max_steps=2")
+    exported, init = load_file(export / "model.safetensors"), load_file(out / "init" / "model.safetensors")
+    assert exported.keys() == init.keys() and all(torch.equal(exported[k], init[k]) for k in exported)
+    first = read_metrics(out / "metrics.jsonl")[0]
+    assert first["step"] == 0 and "val/source_ppl" not in first  # a BCT checkpoint is its own source
+    last_eval = [m for m in baseline_metrics if "val/ppl" in m][-1]
+    assert last_eval["step"] == 20 and first["val/ppl"] == pytest.approx(last_eval["val/ppl"], rel=1e-4)
+    assert (out / "export" / "model.safetensors").is_file()
 
 
 @pytest.mark.slow

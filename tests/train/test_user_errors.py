@@ -77,6 +77,17 @@ def test_init_from_folder_with_a_useless_config(tmp_path, capsys, content):
     assert f"init_from = '{folder}'" in err
 
 
+def test_init_from_a_bct_export_with_another_capacity(tmp_path, capsys, baseline):
+    """A BCT checkpoint is continued as it is: restating its capacity is allowed, changing it is refused."""
+    export = baseline / "export"
+    slots = json.loads((export / "config.json").read_text())["memory_slots"]
+    run = ["--config", DEBUG, f"output_dir={tmp_path / 'run'}", f"init_from={export}", "model.config=null"]
+    err = one_line_error(capsys, [*run, f"model.memory_slots={slots + 1}"])
+    assert (
+        f"model.memory_slots = {slots + 1}" in err and f"{slots} or unset" in err and "BCT checkpoint" in err
+    )
+
+
 def test_export_of_nothing(tmp_path, capsys):
     err = one_line_error(capsys, ["export", str(tmp_path / "nowhere")])
     assert "neither a step_N checkpoint nor a run folder" in err
