@@ -304,7 +304,7 @@ applications.
   steps, 3.1 M tokens, half synthetic recall rows) did not use its writes (closing them changed held-out loss
   by 0.002 nats), while SmolLM2-135M continued 120 steps on a mix with recall rows recalled 77-81% of
   key-value answers ~900 tokens back (0% with writes closed on the same weights), and with 60 more steps on
-  4,096-token rows 33-42% of passkeys 4,000-6,000 tokens back, beyond the windows' stacked reach, but almost
+  4,096-token rows 38% of passkeys 4,000-6,000 tokens back, beyond the windows' stacked reach, but almost
   none past twice the length of the rows it was trained on.
   Unless the evaluation results below include recall figures for this model, assume it does not recall exact
   facts from beyond its window: past that it may keep a lossy summary, not the text.
