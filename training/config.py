@@ -310,10 +310,16 @@ def model_config_kwargs(cfg: RunConfig) -> dict[str, Any]:
     kwargs: dict[str, Any] = {}
     if cfg.model.config:
         kwargs.update(_read_model_json(cfg.model.config))
-    kwargs.update(cfg.model.fields)
-    kwargs.update({k: getattr(cfg.model, k) for k in CAPACITY_FIELDS if getattr(cfg.model, k) is not None})
+    kwargs.update(_inline_model_fields(cfg))
     kwargs.setdefault("vocab_size", cfg.data.vocab_size)
     return kwargs
+
+
+def _inline_model_fields(cfg: RunConfig) -> dict[str, Any]:
+    """The BCTConfig fields the run's `model:` section sets itself (capacity fields only when set)."""
+    fields = dict(cfg.model.fields)
+    fields.update({k: getattr(cfg.model, k) for k in CAPACITY_FIELDS if getattr(cfg.model, k) is not None})
+    return fields
 
 
 def _read_model_json(path: str) -> dict[str, Any]:
@@ -447,20 +453,15 @@ def bct_checkpoint_fields(init_from: str, local_files_only: bool = True) -> dict
         fields, _ = PretrainedConfig.get_config_dict(
             str(Path(folder).expanduser()), local_files_only=local_files_only
         )
-    except (
-        OSError,
-        ValueError,
-    ):  # no config.json there (yet): a source to convert, or an error found elsewhere
-        return None
+    except (OSError, ValueError):
+        return None  # no config.json there (yet): a source to convert, or an error reported elsewhere
     return fields if fields.get("model_type") == BCTConfig.model_type else None
 
 
 def _continued_bct_config(cfg: RunConfig, checkpoint: dict[str, Any]) -> BCTConfig:
     """A BCT checkpoint's capacity and memory rules are trained into its weights: the run may restate them,
     not change them."""
-    requested = dict(cfg.model.fields)
-    requested.update({k: getattr(cfg.model, k) for k in CAPACITY_FIELDS if getattr(cfg.model, k) is not None})
-    for name, value in requested.items():
+    for name, value in _inline_model_fields(cfg).items():
         _require(
             value == checkpoint.get(name),
             f"model.{name}",
