@@ -179,7 +179,7 @@ def train(cfg: RunConfig) -> int:
                 plan.walk_back,
                 loader,
                 config_dict(cfg),
-                accelerator.unwrap_model(model).config,
+                accelerator.unwrap_model(model),
                 cfg.resume_allow_changes,
             )
         except ResumeError as err:

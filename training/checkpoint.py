@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
+from safetensors import safe_open
 
 from training.card import portable_command
 from training.config import RunConfig, save_run_config
@@ -126,8 +127,42 @@ def read_state(path: Path) -> dict[str, Any]:
     return state
 
 
-def load_checkpoint(accelerator: Accelerator, path: Path, loader: Any) -> dict[str, Any]:
-    """Restore model/optimizer/scheduler/RNG and this rank's data position; return trainer_state."""
+def weights_a_save_may_drop(model: torch.nn.Module) -> set[str]:
+    """State-dict names a checkpoint may lack without losing anything. A safetensors save keeps one tensor of
+    each storage: tied weights (lm_head = embeddings) keep one name, and every empty tensor (a memory-free
+    model's slots, shape (0, ...)) shares the null storage, so all but one of those are dropped."""
+    tied = set(model.all_tied_weights_keys) if model.config.tie_word_embeddings else set()
+    return tied | _empty_tensors(model)
+
+
+def _empty_tensors(model: torch.nn.Module) -> set[str]:
+    return {name for name, tensor in model.state_dict().items() if tensor.numel() == 0}
+
+
+def _model_load_kwargs(path: Path, model: torch.nn.Module) -> dict[str, Any]:
+    """accelerate's strict load refuses a memory-free model's checkpoint (its dropped empty tensors, above).
+    Load non-strictly only after checking the file holds every other weight and nothing unknown, so a file
+    that really lacks weights still fails. DeepSpeed checkpoints load through the engine: no change."""
+    weights = path / "model.safetensors"
+    if not weights.is_file() or not _empty_tensors(model):
+        return {}
+    with safe_open(weights, framework="pt") as f:
+        saved = set(f.keys())
+    expected = set(model.state_dict())
+    missing, unexpected = expected - saved - weights_a_save_may_drop(model), saved - expected
+    if missing or unexpected:
+        raise RuntimeError(
+            f"model.safetensors does not match the model (missing {sorted(missing)}, "
+            f"unexpected {sorted(unexpected)})"
+        )
+    return {"strict": False}
+
+
+def load_checkpoint(
+    accelerator: Accelerator, path: Path, loader: Any, model: torch.nn.Module
+) -> dict[str, Any]:
+    """Restore model/optimizer/scheduler/RNG and this rank's data position; return trainer_state. `model` is
+    the unwrapped model (the names its weights are saved under)."""
     state = read_state(path)
     if state.get("num_processes") != accelerator.num_processes:
         raise RuntimeError(
@@ -137,6 +172,6 @@ def load_checkpoint(accelerator: Accelerator, path: Path, loader: Any) -> dict[s
     loader_file = path / f"loader_{accelerator.process_index}.pt"
     if not loader_file.is_file():  # checked first: load_state below would change the model before failing
         raise FileNotFoundError(f"{loader_file.name} is missing")
-    accelerator.load_state(str(path))
+    accelerator.load_state(str(path), **_model_load_kwargs(path, model))
     loader.load_state_dict(torch.load(loader_file, weights_only=False))
     return state

@@ -17,7 +17,7 @@ from accelerate import Accelerator
 
 from modeling import BCTConfig, BCTForCausalLM
 from training.card import portable_command, write_model_card
-from training.checkpoint import STATE_FILE, is_complete, list_checkpoints
+from training.checkpoint import STATE_FILE, is_complete, list_checkpoints, weights_a_save_may_drop
 from training.config import sample_settings
 
 
@@ -80,8 +80,7 @@ def load_checkpoint_model(step_dir: str | Path) -> tuple[torch.nn.Module, Any]:
 
         state_dict = get_fp32_state_dict_from_zero_checkpoint(str(step_dir), tag="pytorch_model")
     missing, unexpected = model.load_state_dict(state_dict, strict=False)
-    tied = set(model.all_tied_weights_keys) if model.config.tie_word_embeddings else set()
-    if set(missing) - tied or unexpected:
+    if set(missing) - weights_a_save_may_drop(model) or unexpected:
         raise RuntimeError(
             f"{step_dir}: checkpoint does not match the model (missing {missing}, unexpected {unexpected})"
         )

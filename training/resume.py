@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 from accelerate import Accelerator
 
@@ -78,11 +79,11 @@ def resume(
     walk_back: bool,
     loader: Any,
     run_config: dict[str, Any],
-    model_config: Any,
+    model: torch.nn.Module,
     allow_changes: bool,
 ) -> tuple[Path, dict[str, Any]]:
-    """Load `checkpoint` (or, with `walk_back`, the newest older one of its folder that loads): returns the
-    checkpoint loaded and its trainer_state. Collective: every rank takes the same decision."""
+    """Load `checkpoint` (or, with `walk_back`, the newest older one of its folder that loads) into the
+    unwrapped `model` and the rest of the run: returns the checkpoint loaded and its trainer_state. Collective: every rank takes the same decision."""
     candidates = [checkpoint]
     if walk_back:
         older = [c for c in list_checkpoints(checkpoint.parent) if step_of(c) < step_of(checkpoint)]
@@ -91,7 +92,7 @@ def resume(
     for candidate in candidates:
         try:
             state = read_state(candidate)
-            differences = config_differences(candidate, run_config, model_config)
+            differences = config_differences(candidate, run_config, model.config)
         except (OSError, ValueError, yaml.YAMLError) as err:
             skipped.append(_skip(accelerator, candidate, err))
             continue
@@ -102,7 +103,7 @@ def resume(
             )
         error = None
         try:
-            load_checkpoint(accelerator, candidate, loader)
+            load_checkpoint(accelerator, candidate, loader, model)
         # Anything a damaged file can raise: safetensors, torch.load (pickle, zip, EOF), a missing file.
         except Exception as err:
             error = err

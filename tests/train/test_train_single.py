@@ -102,29 +102,10 @@ def test_export_loads_in_fresh_process_and_generates(baseline):
 def test_export_cli_matches_end_of_run_export_and_push_fails_offline(baseline, tmp_path):
     """`train.py export RUN` exports the run's newest checkpoint; the push fails offline (exit 1)."""
     out = tmp_path / "export"
-    proc = subprocess.run(
-        [
-            PYTHON,
-            "train.py",
-            "export",
-            str(baseline),
-            "--out",
-            str(out),
-            "--push-to-hub",
-            "me/bct-test",
-            "--revision",
-            "dev",
-        ],
-        cwd=REPO,
-        env=train_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = run_export(str(baseline), "--out", str(out), "--push-to-hub", "me/bct-test", "--revision", "dev")
     assert proc.returncode == 1, proc.stderr[-3000:]
     assert "HF_HUB_OFFLINE=1" in proc.stderr and f"kept at {out}" in proc.stderr
-    a, b = load_file(baseline / "export" / "model.safetensors"), load_file(out / "model.safetensors")
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert_same_weights(baseline / "export", out)
     assert json.loads((out / "config.json").read_text())["auto_map"]
     card, end_of_run = check_card(out, tmp_path, baseline), check_card(baseline / "export", baseline)
     assert 'from_pretrained("me/bct-test", revision="dev", trust_remote_code=True)' in card.text
@@ -178,3 +159,37 @@ def test_mixed_run_logs_recall_on_its_synthetic_answers(baseline_metrics, data_c
     assert not any("train/answer_accuracy" in m for m in baseline_metrics)  # only when rows are mixed in
     drawn = plot_metrics(read_metrics(out / "metrics.jsonl"), tmp_path / "curves.png")
     assert drawn[:3] == ["train/loss", "val/loss", "train/answer_accuracy"]  # its own panel, after the losses
+
+
+def test_a_memory_free_run_resumes_and_its_checkpoint_exports(data_cache, tmp_path):
+    """memory_slots=0 (the bench pair's full-attention twin): its empty slot tensors share one null storage,
+    so a checkpoint keeps only one of them. Resuming and `train.py export --checkpoint` must still work, and
+    the export of the last checkpoint equals the end-of-run export."""
+    run = tmp_path / "full"
+    full = ["model.memory_slots=0", "model.window=64", "train.save_every=2", "train.eval_every=0"]
+    run_train(debug_args(run, data_cache, *full, "max_steps=2"))
+    run_train(debug_args(run, data_cache, *full, "max_steps=4"))  # resumes from step_2
+    assert [p.name for p in list_checkpoints(run)][-1] == "step_4"
+    out = tmp_path / "export-step_4"
+    proc = run_export("--checkpoint", str(run / "step_4"), "--out", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert_same_weights(run / "export", out)
+
+
+def run_export(*args: str) -> subprocess.CompletedProcess:
+    """`train.py export ARGS` in a subprocess, Hub and wandb offline."""
+    return subprocess.run(
+        [PYTHON, "train.py", "export", *args],
+        cwd=REPO,
+        env=train_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def assert_same_weights(a: Path, b: Path) -> None:
+    """Two export folders hold the same tensor names and values."""
+    a_weights, b_weights = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
+    assert a_weights.keys() == b_weights.keys()
+    assert all(torch.equal(a_weights[k], b_weights[k]) for k in a_weights)
