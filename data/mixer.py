@@ -99,5 +99,7 @@ class SyntheticMixer:
         if task == "copy":
             return make_text_copy_example(row, self.copy_span, rng)
         if task == "induction":
-            return make_induction_example(self.vocab_size, self.seq_len, rng)
+            return make_induction_example(
+                self.vocab_size, self.seq_len, rng, exclude=self.tokenizer.all_special_ids
+            )
         return make_mqar_example(self.vocab_size, self.num_pairs, self.num_queries, self.seq_len, rng)

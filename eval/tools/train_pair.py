@@ -8,6 +8,12 @@ exactly causal full attention -> `<out>/full/export`), then `to-llama` turns the
 `<out>/llama`, a plain `LlamaForCausalLM`. Both runs share seed, data order, schedule and shape; the
 baselines (full, sliding window, sinks, FastKV) all run on that Llama. Extra `key=value` overrides go to
 both runs (e.g. `max_steps=200`). Finished runs are not retrained (train.py resumes/skips them).
+
+`--warmup CONFIG` first trains CONFIG, a memory-free model (e.g. `eval/configs/induction_warmup.yaml`: the
+bench shape on induction rows only) into `<out>/warmup`, turns it into `<out>/warmup/llama`, and starts both
+models of the pair from it (`init_from`), so they begin with the induction head a text passkey needs and
+which the bench shape does not form from text (docs/design.md §8.7). The pair's config then sets only
+capacity fields (`eval/configs/bench_pair_recall.yaml`).
 """
 
 from __future__ import annotations
@@ -46,6 +52,19 @@ def finish(process: subprocess.Popen | None) -> None:
         raise SystemExit(f"train-pair: {' '.join(map(str, process.args))} failed (exit {process.returncode})")
 
 
+def warm_start(config: Path, output_dir: Path) -> Path:
+    """Train the memory-free warm-up run (unless its export exists) and return its plain Llama folder."""
+    finish(start(config, output_dir, []))
+    return as_llama(output_dir / "export", output_dir / "llama")
+
+
+def as_llama(export: Path, llama: Path) -> Path:
+    """`llama`, converted from the full-attention BCT `export` unless it exists already."""
+    if not (llama / "config.json").is_file():
+        to_llama.main([str(export), "--out", str(llama)])
+    return llama
+
+
 def main(argv: list[str] | None = None) -> dict[str, str]:
     parser = argparse.ArgumentParser(
         prog="python -m eval train-pair",
@@ -59,24 +78,30 @@ def main(argv: list[str] | None = None) -> dict[str, str]:
         action="store_true",
         help="train both at once (on a 2-core CPU with train.cpu_threads=1: about twice as fast)",
     )
+    parser.add_argument(
+        "--warmup",
+        metavar="CONFIG",
+        help="first train this memory-free config into OUT/warmup; both models start from it (init_from)",
+    )
     parser.add_argument("overrides", nargs="*", help="key=value overrides for both runs")
     args = parser.parse_args(argv)
     if not Path("train.py").is_file():
         parser.error("run from the repository root (train.py not found)")
     config, out = Path(args.config), Path(args.out)
+    overrides = list(args.overrides)
+    if args.warmup:
+        overrides.append(f"init_from={warm_start(Path(args.warmup), out / 'warmup')}")
     full_overrides = [
-        *args.overrides,
+        *overrides,
         "model.memory_slots=0",
         f"model.window={seq_len_of(config, args.overrides)}",
     ]
-    bct_run = start(config, out / "bct", args.overrides)
+    bct_run = start(config, out / "bct", overrides)
     if not args.parallel:
         finish(bct_run)
     full_run = start(config, out / "full", full_overrides)
     finish(bct_run)
     finish(full_run)
     bct, full = out / "bct" / "export", out / "full" / "export"
-    llama = out / "llama"
-    if not (llama / "config.json").is_file():
-        to_llama.main([str(full), "--out", str(llama)])
+    llama = as_llama(full, out / "llama")
     return {"bct": str(bct), "full": str(full), "llama": str(llama)}

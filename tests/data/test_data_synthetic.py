@@ -138,9 +138,9 @@ def test_text_copy_repeats_an_earlier_span_of_the_row(filler):
 
 def test_induction_rows_repeat_a_span_inside_each_segment():
     for seed in range(20):
-        example = make_induction_example(400, 96, np.random.default_rng(seed))
+        example = make_induction_example(400, 96, np.random.default_rng(seed), exclude=[0, 3])
         ids, labels, positions = example["input_ids"], example["labels"], example["answer_positions"]
-        assert ((ids >= 100) & (ids < 400)).all()  # MQAR's non-special ids [V/4, V)
+        assert ((ids >= 0) & (ids < 400)).all() and not torch.isin(ids, torch.tensor([0, 3])).any()
         assert positions.tolist() == [p for end in (32, 64, 96) for p in range(end - 7, end)]
         for end in (32, 64, 96):  # each segment's last 8 ids repeat 8 ids 8..24 back, inside the segment
             starts = [a for a in range(end - 32, end - 15) if torch.equal(ids[a : a + 8], ids[end - 8 : end])]
@@ -148,3 +148,15 @@ def test_induction_rows_repeat_a_span_inside_each_segment():
         assert torch.equal(labels[positions], ids[positions]) and (labels != IGNORE_INDEX).sum() == 21
     with pytest.raises(ValueError, match=r"segment = 32, span = 8 are not allowed with seq_len = 16"):
         make_induction_example(400, 16, np.random.default_rng(0))
+
+
+def test_induction_rows_draw_from_the_whole_vocabulary():
+    """A head trained on part of the vocabulary copies only that part (docs/design.md §8.7), so every id
+    but the excluded ones occurs: low ids (a BPE's digits and single bytes) included."""
+    seen = torch.cat(
+        [
+            make_induction_example(64, 96, np.random.default_rng(s), exclude=[0])["input_ids"]
+            for s in range(20)
+        ]
+    )
+    assert set(seen.tolist()) == set(range(1, 64))

@@ -1,0 +1,70 @@
+"""`python -m eval train-pair --warmup`: a memory-free warm-up run, then a BCT and its full-attention twin that
+both start from the warm-up's weights (converted to a plain Llama), on the debug shape."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from tests.train.runner import PYTHON, REPO, train_env
+
+DEBUG = yaml.safe_load((REPO / "configs" / "debug.yaml").read_text())
+
+
+def write_config(path: Path, **sections) -> Path:
+    config = {**DEBUG, "max_steps": 2, **sections}
+    config["train"] = {**DEBUG["train"], "eval_every": 0, "save_every": 2}
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_a_warm_started_pair_starts_from_the_warmup_weights(data_cache, tmp_path):
+    data = {**DEBUG["data"], "cache_dir": str(data_cache)}
+    shape = yaml.safe_load(Path(REPO / DEBUG["model"]["config"]).read_text())
+    warmup = write_config(
+        tmp_path / "warmup.yaml",
+        model={**shape, "memory_slots": 0, "window": data["seq_len"]},
+        data={**data, "synthetic_tasks": ["induction"], "synthetic_fraction": 1.0},
+    )
+    pair = write_config(
+        tmp_path / "pair.yaml",
+        init_from="set/by/train-pair",
+        model={"memory_slots": 4, "window": 16, "chunk_size": 8, "memory_write_rule": "retain"},
+        data=data,
+    )
+    out = tmp_path / "pair"
+    proc = subprocess.run(
+        [
+            PYTHON,
+            "-m",
+            "eval",
+            "train-pair",
+            "--out",
+            str(out),
+            "--config",
+            str(pair),
+            "--warmup",
+            str(warmup),
+        ],
+        cwd=REPO,
+        env=train_env(),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    llama = out / "warmup" / "llama"
+    assert yaml.safe_load((llama / "config.json").read_text())["model_type"] == "llama"
+    warm = load_file(llama / "model.safetensors")
+    for member in ("bct", "full"):
+        assert yaml.safe_load((out / member / "config.yaml").read_text())["init_from"] == str(llama)
+        init = load_file(out / member / "init" / "model.safetensors")  # before its own training
+        assert torch.equal(init["model.embed_tokens.weight"], warm["model.embed_tokens.weight"])
+        name = "model.layers.1.self_attn.q_proj.weight"
+        assert torch.equal(init[name], warm[name])
+    assert yaml.safe_load((out / "bct" / "export" / "config.json").read_text())["memory_slots"] == 4
+    assert (out / "llama" / "config.json").is_file()  # the twin, as a plain Llama for the baselines
