@@ -22,6 +22,7 @@ generator state gives the same example; `eval/` calls them over a grid, and trai
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -163,13 +164,21 @@ def make_induction_example(
             f"segment = {segment}, span = {span} are not allowed with seq_len = {seq_len}: "
             "2 <= span <= segment / 2 and segment <= seq_len."
         )
-    allowed = np.setdiff1d(np.arange(vocab_size), np.asarray(exclude, dtype=np.int64))  # (V - specials,)
+    allowed = _ids_but(vocab_size, tuple(exclude))  # (V - specials,)
     ids = allowed[rng.integers(0, len(allowed), size=seq_len)]  # (seq_len,)
     answers = []
     for start in range(0, seq_len - segment + 1, segment):
         distance = int(rng.integers(span, segment - span + 1))
         answers.append(start + repeat_span_in_place(ids[start : start + segment], distance, span))
     return answer_example(ids, np.concatenate(answers))
+
+
+@functools.lru_cache(maxsize=8)
+def _ids_but(vocab_size: int, exclude: tuple[int, ...]) -> np.ndarray:
+    """Every id below `vocab_size` but `exclude`; built once per vocabulary, not once per training row."""
+    allowed = np.setdiff1d(np.arange(vocab_size), np.asarray(exclude, dtype=np.int64))
+    allowed.flags.writeable = False  # shared by every call
+    return allowed
 
 
 def repeat_span_at_end(ids: np.ndarray, distance: int, span: int, **extra: np.ndarray) -> Example:
