@@ -19,6 +19,7 @@ from data.schema import Bool, Int, Number, Section, Str, allowed, not_allowed, r
 SYNTHETIC_TASKS = ("passkey", "mqar", "text_mqar", "copy", "induction")
 DEFAULT_SYNTHETIC_TASKS = ("passkey", "mqar")
 INDUCTION_SEGMENT = 32  # tokens per segment of an induction row (data.synthetic.make_induction_example)
+INDUCTION_SPAN = 8  # ids an induction segment repeats
 BUILTIN_SOURCES = ("stdlib", "shakespeare")
 HF_PREFIX = "hf:"
 # File types a local source may hold; a directory source reads exactly these (recursively).
@@ -107,6 +108,9 @@ class DataConfig(Section):
     # "copy" rows repeat a span of their own text at the row's end (`data.synthetic.make_text_copy_example`):
     # dense induction signal, which binding needs (docs/design.md §8.2)
     copy_span: PositiveInt = 32
+    # "induction" rows are cut into segments of this many tokens, each ending with a repeat of an earlier span
+    # of 8 ids, 8 to segment - 8 back: the segment bounds the distance a copy head is trained to look back.
+    induction_segment: PositiveInt = INDUCTION_SEGMENT
     # Share of each batch's loss given to the synthetic answer tokens (the rest to the text tokens), e.g. 0.5;
     # null: every labelled token weighs the same (a few answers then drown in ~seq_len text tokens per row).
     synthetic_loss_weight: Annotated[
@@ -151,12 +155,13 @@ class DataConfig(Section):
         if (
             self.synthetic_fraction > 0
             and "induction" in self.synthetic_tasks
-            and self.seq_len < INDUCTION_SEGMENT
+            and not 2 * INDUCTION_SPAN <= self.induction_segment <= self.seq_len
         ):
             raise not_allowed(
-                "seq_len",
-                self.seq_len,
-                f"at least {INDUCTION_SEGMENT} (one induction segment) with the induction task",
+                "induction_segment",
+                self.induction_segment,
+                f"between {2 * INDUCTION_SPAN} (a span of {INDUCTION_SPAN} and its repeat) and seq_len = "
+                f"{self.seq_len} with the induction task",
             )
         return self
 

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from transformers import PreTrainedTokenizerFast
 
-from data.config import INDUCTION_SEGMENT, invalid
+from data.config import INDUCTION_SEGMENT, INDUCTION_SPAN, invalid
 from data.tokenizer import encode_batch
 
 IGNORE_INDEX = -100
@@ -151,7 +151,7 @@ def make_induction_example(
     seq_len: int,
     rng: np.random.Generator,
     segment: int = INDUCTION_SEGMENT,
-    span: int = 8,
+    span: int = INDUCTION_SPAN,
     exclude: Sequence[int] = (),
 ) -> Example:
     """`seq_len` random ids from the whole vocabulary but `exclude` (the tokenizer's special ids), cut into

@@ -5,6 +5,7 @@ Tasks (eval/tasks/; each writes <command>.json, .md and .png into --out):
   passkey        passkey retrieval over lengths x needle depths
   mqar           multi-query associative recall against the number of pairs
   recall         recall accuracy by distance on the recall curriculum's held-out rows
+  induction      induction-copy accuracy by id range (does a copy head work on every token?)
   speed          prefill time, decode ms/token and cache bytes against context length
   ttft           time to first token: FastKV and SnapKV against full attention and BCT prefill
   conversion     step-0 loss of a converted model against its source
@@ -36,6 +37,7 @@ COMMANDS = {
     "passkey": "eval.tasks.passkey",
     "mqar": "eval.tasks.mqar",
     "recall": "eval.tasks.recall",
+    "induction": "eval.tasks.induction",
     "speed": "eval.tasks.speed",
     "ttft": "eval.tasks.ttft",
     "conversion": "eval.tasks.conversion",

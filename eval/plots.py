@@ -122,6 +122,29 @@ def plot_mqar(payload: dict, path: Path) -> None:
     _save(fig, path)
 
 
+def plot_induction(payload: dict, path: Path) -> None:
+    by_label = _by_label(payload["rows"])
+    ranges = [row["range"] for row in next(iter(by_label.values()))]
+    width = 0.8 / len(by_label)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    used: set[str] = set()
+    for i, (label, rows) in enumerate(by_label.items()):
+        colour = _style(rows)["color"] if rows[0]["method"] not in used else plt.cm.tab10(i % 10)
+        used.add(rows[0]["method"])  # two models run the same way get different colours
+        offsets = [k + (i - (len(by_label) - 1) / 2) * width for k in range(len(rows))]
+        ax.bar(offsets, [r["accuracy"] for r in rows], width, label=label, color=colour)
+    chance = [row["chance"] for row in next(iter(by_label.values()))]
+    ax.scatter(range(len(ranges)), chance, marker="_", s=400, color="black", label="chance", zorder=3)
+    ax.set_xticks(range(len(ranges)), ranges)
+    ax.set_ylim(0, 1.03)
+    ax.set_xlabel("ids of the row")
+    ax.set_ylabel("accuracy per answer token")
+    ax.set_title(f"Induction copy, {payload['settings']['seq_len']:,}-token rows")
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=8)
+    _save(fig, path)
+
+
 def plot_speed(payload: dict, path: Path) -> None:
     fig, axes = plt.subplots(1, 3, figsize=(14, 4))
     panels = (
@@ -217,6 +240,7 @@ PLOTS = {
     "perplexity": plot_perplexity,
     "passkey": plot_passkey,
     "mqar": plot_mqar,
+    "induction": plot_induction,
     "speed": plot_speed,
     "ttft": plot_ttft,
     "recall": plot_recall,

@@ -205,9 +205,12 @@ def test_tokenizer_folder_without_eos(tmp_path, tokenizer):
         build_tokenizer(DataConfig(tokenizer=str(folder)))
 
 
-def test_induction_rows_need_one_segment():
-    with pytest.raises(ValueError, match=r"data.seq_len = 16 is not allowed: .*at least 32"):
-        DataConfig(source="stdlib", seq_len=16, synthetic_fraction=0.5, synthetic_tasks=["induction"])
+def test_induction_rows_need_one_segment_of_a_span_and_its_repeat():
+    tasks = {"source": "stdlib", "synthetic_fraction": 0.5, "synthetic_tasks": ["induction"]}
+    with pytest.raises(ValueError, match=r"data.induction_segment = 32 is not allowed: .*and seq_len = 16"):
+        DataConfig(seq_len=16, **tasks)
+    with pytest.raises(ValueError, match=r"data.induction_segment = 8 is not allowed: expected between 16"):
+        DataConfig(seq_len=64, induction_segment=8, **tasks)
 
 
 def test_copy_span_longer_than_half_a_row_is_refused():
