@@ -139,7 +139,9 @@ def plot_induction(payload: dict, path: Path) -> None:
     ax.set_ylim(0, 1.03)
     ax.set_xlabel("ids of the row")
     ax.set_ylabel("accuracy per answer token")
-    ax.set_title(f"Induction copy, {payload['settings']['seq_len']:,}-token rows")
+    settings = payload["settings"]
+    look_back = f", look-back 8-{settings['segment'] - 8}" if "segment" in settings else ""
+    ax.set_title(f"Induction copy, {settings['seq_len']:,}-token rows{look_back}")
     ax.grid(alpha=0.3, axis="y")
     ax.legend(fontsize=8)
     _save(fig, path)

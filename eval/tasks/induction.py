@@ -1,6 +1,7 @@
 """Induction-copy accuracy by id range: does a model's copy head work on every token a text may hold?
 
     python -m eval induction --model runs/bench-recall/warmup/llama [--ranges 3:256 3:1024 1024:4096]
+    python -m eval induction --model ... --seq-len 512 --induction-segment 128   # longer rows, look-back 8-120
 
 A row is `data.synthetic.make_induction_example` with its ids drawn from one range `LOW:HIGH` (special ids
 left out): random ids whose segments end by repeating an earlier span, so the answers (every repeated id
@@ -8,9 +9,10 @@ after a span's first) can only be predicted by copying. A head trained on part o
 only that part (docs/design.md §8.7: ids [1,024, 4,096) gave 87% there and 0% on [3, 1,024), where a
 passkey's digits are), so the ranges are scored apart. Chance is 1/(ids in the range). Accuracy is per answer
 token with teacher forcing (`eval/scoring.py`), over `--samples` rows per range, the same rows for every
-method.
+method. `--induction-segment G` (default 32, as `data.induction_segment`) puts each repeat 8 to G - 8 tokens
+after its original: how far back the copy must look (§8.7: a head trained at 8-24 does not reach 8-120).
 
-Payload rows: `{method, label, range, low, high, seq_len, samples, correct, total, accuracy, chance}`. Plot:
+Payload rows: `{method, label, range, low, high, seq_len, segment, samples, correct, total, accuracy, chance}`. Plot:
 accuracy per range and method.
 """
 
