@@ -124,7 +124,8 @@ def plot_mqar(payload: dict, path: Path) -> None:
 
 def plot_induction(payload: dict, path: Path) -> None:
     by_label = _by_label(payload["rows"])
-    ranges = [row["range"] for row in next(iter(by_label.values()))]
+    first = next(iter(by_label.values()))  # every label has the same ranges, in order
+    ranges = [row["range"] for row in first]
     width = 0.8 / len(by_label)
     fig, ax = plt.subplots(figsize=(6, 4))
     used: set[str] = set()
@@ -133,7 +134,7 @@ def plot_induction(payload: dict, path: Path) -> None:
         used.add(rows[0]["method"])  # two models run the same way get different colours
         offsets = [k + (i - (len(by_label) - 1) / 2) * width for k in range(len(rows))]
         ax.bar(offsets, [r["accuracy"] for r in rows], width, label=label, color=colour)
-    chance = [row["chance"] for row in next(iter(by_label.values()))]
+    chance = [row["chance"] for row in first]
     ax.scatter(range(len(ranges)), chance, marker="_", s=400, color="black", label="chance", zorder=3)
     ax.set_xticks(range(len(ranges)), ranges)
     ax.set_ylim(0, 1.03)

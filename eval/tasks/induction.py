@@ -23,7 +23,7 @@ import argparse
 import numpy as np
 import torch
 
-from data.config import INDUCTION_SEGMENT
+from data.config import INDUCTION_SEGMENT, INDUCTION_SPAN
 from data.synthetic import make_induction_example
 from eval.common import add_model_args, header, methods_from_args, write_outputs
 from eval.contenders.methods import Method
@@ -42,12 +42,16 @@ def parse_range(text: str) -> tuple[int, int]:
     return low, high
 
 
+def specials_in(low: int, high: int, special_ids: list[int]) -> list[int]:
+    return [s for s in special_ids if low <= s < high]
+
+
 def range_examples(
     low: int, high: int, seq_len: int, samples: int, seed: int, special_ids: list[int], segment: int
 ) -> list[dict[str, torch.Tensor]]:
     """`samples` induction rows of `seq_len` ids from [low, high) but `special_ids`, row k drawn from
     `default_rng([seed, low, high, k])`: the same rows for every method and run."""
-    excluded = [s - low for s in special_ids if low <= s < high]
+    excluded = [s - low for s in specials_in(low, high, special_ids)]
     examples = []
     for k in range(samples):
         rng = np.random.default_rng([seed, low, high, k])
@@ -73,7 +77,7 @@ def evaluate(
     rows = []
     for low, high in ranges:
         examples = range_examples(low, high, seq_len, samples, seed, special_ids, segment)
-        allowed = high - low - sum(low <= s < high for s in special_ids)
+        allowed = high - low - len(specials_in(low, high, special_ids))
         for method in methods:
             ledger = KVBytes()
             hits = torch.cat([score_example(method, e, ledger) for e in examples])  # (answers,) bool
@@ -137,9 +141,10 @@ def main(argv: list[str] | None = None) -> dict:
     )
     parser.add_argument("--samples", type=int, default=32, help="rows per range")
     args = parser.parse_args(argv)
-    if not 16 <= args.induction_segment <= args.seq_len:
+    if not 2 * INDUCTION_SPAN <= args.induction_segment <= args.seq_len:
         parser.error(
-            f"--induction-segment {args.induction_segment}: between 16 (a span of 8 and its repeat) and --seq-len"
+            f"--induction-segment {args.induction_segment}: between {2 * INDUCTION_SPAN} (a span of "
+            f"{INDUCTION_SPAN} and its repeat) and --seq-len"
         )
 
     methods, extra = methods_from_args(args)
