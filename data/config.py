@@ -111,6 +111,9 @@ class DataConfig(Section):
     # "induction" rows are cut into segments of this many tokens, each ending with a repeat of an earlier span
     # of 8 ids, 8 to segment - 8 back: the segment bounds the distance a copy head is trained to look back.
     induction_segment: PositiveInt = INDUCTION_SEGMENT
+    # null: a repeat's source lies in its own segment. N: anywhere up to N tokens back (from 8 on, as far as
+    # the row allows), so rows keep one repeat a segment while the look-back grows (a curriculum, §8.8).
+    induction_lookback: PositiveInt | None = None
     # Share of each batch's loss given to the synthetic answer tokens (the rest to the text tokens), e.g. 0.5;
     # null: every labelled token weighs the same (a few answers then drown in ~seq_len text tokens per row).
     synthetic_loss_weight: Annotated[
@@ -162,6 +165,15 @@ class DataConfig(Section):
                 self.induction_segment,
                 f"between {2 * INDUCTION_SPAN} (a span of {INDUCTION_SPAN} and its repeat) and seq_len = "
                 f"{self.seq_len} with the induction task",
+            )
+        if (
+            self.induction_lookback is not None
+            and not INDUCTION_SPAN <= self.induction_lookback < self.seq_len
+        ):
+            raise not_allowed(
+                "induction_lookback",
+                self.induction_lookback,
+                f"null, or between {INDUCTION_SPAN} (the span) and seq_len - 1 = {self.seq_len - 1}",
             )
         return self
 

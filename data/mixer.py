@@ -41,7 +41,7 @@ class SyntheticMixer:
         self.seq_len = cfg.seq_len
         self.num_pairs, self.num_queries = cfg.mqar_num_pairs, cfg.mqar_num_queries
         self.copy_span = cfg.copy_span
-        self.induction_segment = cfg.induction_segment
+        self.induction_segment, self.induction_lookback = cfg.induction_segment, cfg.induction_lookback
         self.vocab_size = tokenizer.backend_tokenizer.get_vocab_size(with_added_tokens=False)
         if "passkey" in self.tasks and passkey_min_length(tokenizer) >= cfg.seq_len:
             raise invalid(
@@ -106,5 +106,6 @@ class SyntheticMixer:
                 rng,
                 segment=self.induction_segment,
                 exclude=self.tokenizer.all_special_ids,
+                lookback=self.induction_lookback,
             )
         return make_mqar_example(self.vocab_size, self.num_pairs, self.num_queries, self.seq_len, rng)

@@ -30,12 +30,13 @@ import sysconfig
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
-
-import datasets
+from typing import TYPE_CHECKING, NamedTuple
 
 from data.config import FILE_SUFFIXES, HF_PREFIX, DataConfig, invalid
 from data.shakespeare import play_key, shakespeare_texts
+
+if TYPE_CHECKING:  # imported where used: only parquet and hf: sources need datasets (and pyarrow)
+    import datasets
 
 _BATCH_ROWS = 1000  # rows read at a time from parquet/hf sources
 
@@ -208,6 +209,8 @@ def _read_jsonl(path: Path, text_field: str) -> Iterator[Document]:
 
 
 def _read_parquet(path: Path, text_field: str) -> Iterator[Document]:
+    import datasets
+
     # Streaming reads the row groups lazily and writes nothing into the datasets cache.
     table = datasets.load_dataset("parquet", data_files=str(path), split="train", streaming=True)
     _check_column(table, text_field, str(path))
@@ -215,6 +218,8 @@ def _read_parquet(path: Path, text_field: str) -> Iterator[Document]:
 
 
 def _open_hf(cfg: DataConfig) -> tuple[str, str, Callable[[], Iterator[Document]]]:
+    import datasets
+
     name = cfg.source[len(HF_PREFIX) :]
     folder = Path(os.path.expanduser(name))
     identity = [cfg.source, str(cfg.hf_config), cfg.hf_split, json.dumps(cfg.hf_data_files), cfg.text_field]

@@ -153,23 +153,33 @@ def make_induction_example(
     segment: int = INDUCTION_SEGMENT,
     span: int = INDUCTION_SPAN,
     exclude: Sequence[int] = (),
+    lookback: int | None = None,
 ) -> Example:
     """`seq_len` random ids from the whole vocabulary but `exclude` (the tokenizer's special ids), cut into
-    `seq_len // segment` segments; each segment's last `span` ids repeat the `span` ids `distance` earlier,
-    `distance` uniform in [span, segment - span] per segment. Answers: every repeated id after its segment's
-    first (span - 1 each). Every id a text may hold occurs: a head trained on part of the vocabulary copies
-    only that part (docs/design.md §8.7: ids from [V/4, V) gave 87% there and 0% on digits)."""
+    `seq_len // segment` segments; each segment's last `span` ids repeat the `span` ids `distance` earlier.
+    `distance` is uniform per segment in [span, segment - span] (inside the segment), or with `lookback` in
+    [span, min(lookback, tokens before the repeat)]: the source may lie in any earlier segment, so a row of
+    many segments trains long and short look-backs at once, with as many answers as short rows. Answers:
+    every repeated id after its segment's first (span - 1 each). Every id a text may hold occurs: a head
+    trained on part of the vocabulary copies only that part (docs/design.md §8.7: ids from [V/4, V) gave 87%
+    there and 0% on digits)."""
     if not 2 <= span <= segment // 2 or segment > seq_len:
         raise ValueError(
             f"segment = {segment}, span = {span} are not allowed with seq_len = {seq_len}: "
             "2 <= span <= segment / 2 and segment <= seq_len."
         )
+    if lookback is not None and not span <= lookback < seq_len:
+        raise ValueError(
+            f"lookback = {lookback} is not allowed: span = {span} <= lookback < seq_len = {seq_len}."
+        )
     allowed = _ids_but(vocab_size, tuple(exclude))  # (V - specials,)
     ids = allowed[rng.integers(0, len(allowed), size=seq_len)]  # (seq_len,)
     answers = []
-    for start in range(0, seq_len - segment + 1, segment):
-        distance = int(rng.integers(span, segment - span + 1))
-        answers.append(start + repeat_span_in_place(ids[start : start + segment], distance, span))
+    for end in range(segment, seq_len + 1, segment):
+        # The repeat fills ids[end - span : end]; its source must start at or after 0.
+        farthest = segment - span if lookback is None else min(lookback, end - span)
+        distance = int(rng.integers(span, farthest + 1))
+        answers.append(repeat_span_in_place(ids[:end], distance, span))
     return answer_example(ids, np.concatenate(answers))
 
 

@@ -141,7 +141,8 @@ def plot_induction(payload: dict, path: Path) -> None:
     ax.set_xlabel("ids of the row")
     ax.set_ylabel("accuracy per answer token")
     settings = payload["settings"]
-    look_back = f", look-back 8-{settings['segment'] - 8}" if "segment" in settings else ""
+    farthest = settings.get("lookback") or settings.get("segment", 16) - 8  # older payloads: no lookback
+    look_back = f", look-back 8-{farthest}" if "segment" in settings else ""
     ax.set_title(f"Induction copy, {settings['seq_len']:,}-token rows{look_back}")
     ax.grid(alpha=0.3, axis="y")
     ax.legend(fontsize=8)

@@ -214,7 +214,11 @@ class RetainWrite(MemoryWrite):
         pool = torch.cat((kept, features), dim=2)  # (B, G, M - S + C, 2d + 1)
         scores = self.scores(pool[..., :-1].detach())  # (B, G, M - S + C)
         scores = scores.masked_fill(pool[..., -1] < 0.5, torch.finfo(scores.dtype).min)  # empties go first
-        keep = scores.topk(slots, dim=-1).indices.sort(dim=-1).values  # (B, G, M - S)
+        # Ties are common (in layer 0 a repeated token has the same key, value and score) and the tied entries
+        # differ in where they stand, so the choice matters: a stable sort gives it to the entry that came
+        # first, on every device (topk leaves it open: CPU and CUDA kept different copies).
+        order = scores.sort(dim=-1, descending=True, stable=True).indices  # (B, G, M - S + C)
+        keep = order[..., :slots].sort(dim=-1).values  # (B, G, M - S)
         new_mem = torch.cat((sinks, pool.gather(2, keep.unsqueeze(-1).expand(-1, -1, -1, pool.shape[-1]))), 2)
         took = torch.cat((torch.zeros_like(sinks[..., 0]), (keep >= slots).to(mem.dtype)), dim=-1)
         return new_mem, took  # gate (B, G, M): 1 where a slot took a new token

@@ -2,6 +2,7 @@
 
     python -m eval induction --model runs/bench-recall/warmup/llama [--ranges 3:256 3:1024 1024:4096]
     python -m eval induction --model ... --seq-len 512 --induction-segment 128   # longer rows, look-back 8-120
+    python -m eval induction --model ... --seq-len 512 --induction-lookback 504  # a repeat a segment, 8-504 back
 
 A row is `data.synthetic.make_induction_example` with its ids drawn from one range `LOW:HIGH` (special ids
 left out): random ids whose segments end by repeating an earlier span, so the answers (every repeated id
@@ -11,8 +12,10 @@ passkey's digits are), so the ranges are scored apart. Chance is 1/(ids in the r
 token with teacher forcing (`eval/scoring.py`), over `--samples` rows per range, the same rows for every
 method. `--induction-segment G` (default 32, as `data.induction_segment`) puts each repeat 8 to G - 8 tokens
 after its original: how far back the copy must look (§8.7: a head trained at 8-24 does not reach 8-120).
+`--induction-lookback N` (as `data.induction_lookback`) keeps a repeat per segment but draws each one's source
+8 to N tokens back, as far as the row allows.
 
-Payload rows: `{method, label, range, low, high, seq_len, segment, samples, correct, total, accuracy, chance}`. Plot:
+Payload rows: `{method, label, range, low, high, seq_len, segment, lookback, samples, correct, total, accuracy, chance}`. Plot:
 accuracy per range and method.
 """
 
@@ -47,7 +50,14 @@ def specials_in(low: int, high: int, special_ids: list[int]) -> list[int]:
 
 
 def range_examples(
-    low: int, high: int, seq_len: int, samples: int, seed: int, special_ids: list[int], segment: int
+    low: int,
+    high: int,
+    seq_len: int,
+    samples: int,
+    seed: int,
+    special_ids: list[int],
+    segment: int,
+    lookback: int | None = None,
 ) -> list[dict[str, torch.Tensor]]:
     """`samples` induction rows of `seq_len` ids from [low, high) but `special_ids`, row k drawn from
     `default_rng([seed, low, high, k])`: the same rows for every method and run."""
@@ -55,7 +65,9 @@ def range_examples(
     examples = []
     for k in range(samples):
         rng = np.random.default_rng([seed, low, high, k])
-        example = make_induction_example(high - low, seq_len, rng, segment=segment, exclude=excluded)
+        example = make_induction_example(
+            high - low, seq_len, rng, segment=segment, exclude=excluded, lookback=lookback
+        )
         labels = example["labels"]  # -100 off the answers
         shifted = {
             "input_ids": example["input_ids"] + low,
@@ -73,10 +85,11 @@ def evaluate(
     seed: int,
     special_ids: list[int],
     segment: int = INDUCTION_SEGMENT,
+    lookback: int | None = None,
 ) -> list[dict]:
     rows = []
     for low, high in ranges:
-        examples = range_examples(low, high, seq_len, samples, seed, special_ids, segment)
+        examples = range_examples(low, high, seq_len, samples, seed, special_ids, segment, lookback)
         allowed = high - low - len(specials_in(low, high, special_ids))
         for method in methods:
             ledger = KVBytes()
@@ -90,6 +103,7 @@ def evaluate(
                     "high": high,
                     "seq_len": seq_len,
                     "segment": segment,
+                    "lookback": lookback,
                     "samples": samples,
                     "correct": int(hits.sum()),
                     "total": len(hits),
@@ -139,12 +153,22 @@ def main(argv: list[str] | None = None) -> dict:
         default=INDUCTION_SEGMENT,
         help="tokens a segment; its span of 8 repeats one 8 to segment - 8 back (how far the copy looks)",
     )
+    parser.add_argument(
+        "--induction-lookback",
+        type=int,
+        help="draw each repeat's source 8 to this many tokens back, across segments (default: its own segment)",
+    )
     parser.add_argument("--samples", type=int, default=32, help="rows per range")
     args = parser.parse_args(argv)
     if not 2 * INDUCTION_SPAN <= args.induction_segment <= args.seq_len:
         parser.error(
             f"--induction-segment {args.induction_segment}: between {2 * INDUCTION_SPAN} (a span of "
             f"{INDUCTION_SPAN} and its repeat) and --seq-len"
+        )
+    lookback = args.induction_lookback
+    if lookback is not None and not INDUCTION_SPAN <= lookback < args.seq_len:
+        parser.error(
+            f"--induction-lookback {lookback}: between {INDUCTION_SPAN} (the span) and --seq-len - 1"
         )
 
     methods, extra = methods_from_args(args)
@@ -155,12 +179,20 @@ def main(argv: list[str] | None = None) -> dict:
     tokenizer = extra["tokenizer"]
     special_ids = list(tokenizer.all_special_ids) if tokenizer is not None else []
     rows = evaluate(
-        methods, args.ranges, args.seq_len, args.samples, args.seed, special_ids, args.induction_segment
+        methods,
+        args.ranges,
+        args.seq_len,
+        args.samples,
+        args.seed,
+        special_ids,
+        args.induction_segment,
+        lookback,
     )
     settings = {
         "ranges": [list(r) for r in args.ranges],
         "seq_len": args.seq_len,
         "segment": args.induction_segment,
+        "lookback": lookback,
         "samples": args.samples,
         "seed": args.seed,
         "special_ids": special_ids,

@@ -14,6 +14,12 @@ bench shape on induction rows only) into `<out>/warmup`, turns it into `<out>/wa
 models of the pair from it (`init_from`), so they begin with the induction head a text passkey needs and
 which the bench shape does not form from text (docs/design.md §8.7). The pair's config then sets only
 capacity fields (`eval/configs/bench_pair_recall.yaml`).
+
+`--stretch LOOKBACK:SEQ_LEN:STEPS ...` (with `--warmup`) continues the warm-up in stages before the pair, each
+from the last stage's Llama: STEPS more steps of the warm-up config on SEQ_LEN-token rows whose repeats look
+up to LOOKBACK tokens back (`data.induction_lookback`), into `<out>/warmup-lookback<LOOKBACK>`. A head formed at
+look-backs of 8-24 does not reach a passkey 500 tokens back, and one jump to long look-backs loses it
+(docs/design.md §8.7); the stages grow it a step at a time while every row keeps short repeats too.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from pathlib import Path
 import yaml
 
 from eval.tools import to_llama
+from training.config import CONVERSION_FIELDS
 
 DEFAULT_CONFIG = Path(__file__).parents[1] / "configs" / "bench_pair.yaml"
 
@@ -52,10 +59,46 @@ def finish(process: subprocess.Popen | None) -> None:
         raise SystemExit(f"train-pair: {' '.join(map(str, process.args))} failed (exit {process.returncode})")
 
 
-def warm_start(config: Path, output_dir: Path) -> Path:
+def warm_start(config: Path, output_dir: Path, overrides: list[str] | None = None) -> Path:
     """Train the memory-free warm-up run (unless its export exists) and return its plain Llama folder."""
-    finish(start(config, output_dir, []))
+    finish(start(config, output_dir, overrides or []))
     return as_llama(output_dir / "export", output_dir / "llama")
+
+
+def parse_stage(text: str) -> tuple[int, int, int]:
+    """`LOOKBACK:SEQ_LEN:STEPS` -> three positive ints (train.py checks that they fit the config)."""
+    try:
+        lookback, seq_len, steps = (int(part) for part in text.split(":"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--stretch {text!r}: expected LOOKBACK:SEQ_LEN:STEPS, e.g. 128:512:500"
+        ) from None
+    if min(lookback, seq_len, steps) <= 0:
+        raise argparse.ArgumentTypeError(f"--stretch {text!r}: LOOKBACK, SEQ_LEN and STEPS must be positive")
+    return lookback, seq_len, steps
+
+
+def stretch(config: Path, out: Path, llama: Path, stages: list[tuple[int, int, int]]) -> Path:
+    """Continue the warm-up stage by stage (each from the last stage's Llama); return the last Llama. Each
+    stage runs `<out>/warmup-lookback<L>.yaml`: the warm-up config without its shape fields (a run with
+    `init_from` takes its shape from the checkpoint)."""
+    stage_config = yaml.safe_load(config.read_text())
+    stage_config["model"] = {
+        name: value for name, value in stage_config.get("model", {}).items() if name in CONVERSION_FIELDS
+    }
+    for lookback, seq_len, steps in stages:
+        path = out / f"warmup-lookback{lookback}.yaml"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(yaml.safe_dump(stage_config, sort_keys=False))
+        overrides = [
+            f"init_from={llama}",
+            f"data.induction_lookback={lookback}",
+            f"data.seq_len={seq_len}",
+            f"model.window={seq_len}",  # still exactly causal attention over the row
+            f"max_steps={steps}",
+        ]
+        llama = warm_start(path, out / f"warmup-lookback{lookback}", overrides)
+    return llama
 
 
 def as_llama(export: Path, llama: Path) -> Path:
@@ -83,14 +126,27 @@ def main(argv: list[str] | None = None) -> dict[str, str]:
         metavar="CONFIG",
         help="first train this memory-free config into OUT/warmup; both models start from it (init_from)",
     )
+    parser.add_argument(
+        "--stretch",
+        type=parse_stage,
+        nargs="+",
+        default=[],
+        metavar="LOOKBACK:SEQ_LEN:STEPS",
+        help="with --warmup: continue it in stages of longer look-back before the pair (e.g. 64:512:200); "
+        "key=value overrides go before --stretch",
+    )
     parser.add_argument("overrides", nargs="*", help="key=value overrides for both runs")
     args = parser.parse_args(argv)
     if not Path("train.py").is_file():
         parser.error("run from the repository root (train.py not found)")
+    if args.stretch and not args.warmup:
+        parser.error("--stretch continues the warm-up: give --warmup CONFIG too")
     config, out = Path(args.config), Path(args.out)
     overrides = list(args.overrides)
     if args.warmup:
-        overrides.append(f"init_from={warm_start(Path(args.warmup), out / 'warmup')}")
+        warmup = Path(args.warmup)
+        llama = stretch(warmup, out, warm_start(warmup, out / "warmup"), args.stretch)
+        overrides.append(f"init_from={llama}")
     full_overrides = [
         *overrides,
         "model.memory_slots=0",

@@ -213,6 +213,17 @@ def test_induction_rows_need_one_segment_of_a_span_and_its_repeat():
         DataConfig(seq_len=64, induction_segment=8, **tasks)
 
 
+def test_induction_lookback_must_fit_a_span_inside_the_row():
+    tasks = {"source": "stdlib", "synthetic_fraction": 0.5, "synthetic_tasks": ["induction"]}
+    with pytest.raises(
+        ValueError, match=r"data.induction_lookback = 128 is not allowed: expected null, or between 8"
+    ):
+        DataConfig(seq_len=128, induction_lookback=128, **tasks)
+    with pytest.raises(ValueError, match=r"data.induction_lookback = 4 is not allowed"):
+        DataConfig(seq_len=128, induction_lookback=4, **tasks)
+    assert DataConfig(seq_len=128, induction_lookback=120, **tasks).induction_lookback == 120
+
+
 def test_copy_span_longer_than_half_a_row_is_refused():
     with pytest.raises(ValueError, match=r"data.copy_span = 200 is not allowed: .*at most seq_len / 2 = 64"):
         DataConfig(

@@ -163,11 +163,15 @@ def test_copy_rows_mix_in_with_the_other_tasks(small_cfg):
         assert any(torch.equal(row[a : a + 16], row[112:]) for a in range(0, 97))
 
 
-def test_induction_rows_look_back_as_far_as_their_segment_allows(small_cfg):
-    """`induction_segment` = the row: one repeat a row, 8 to seq_len - 8 ids back (the default 32: 8 to 24)."""
-    cfg = small_cfg.replace(
-        seq_len=128, synthetic_fraction=1.0, synthetic_tasks=["induction"], induction_segment=128
-    )
+@pytest.mark.parametrize(
+    "setting, farthest",
+    [({"induction_segment": 128}, 120), ({"induction_lookback": 100}, 100)],
+    ids=["segment", "lookback"],
+)
+def test_induction_rows_look_back_as_far_as_their_settings_allow(small_cfg, setting, farthest):
+    """`induction_segment` = the row: one repeat a row, 8 to seq_len - 8 ids back (the default 32: 8 to 24);
+    `induction_lookback`: a repeat each 32-token segment, the last one's source up to 100 back, across segments."""
+    cfg = small_cfg.replace(seq_len=128, synthetic_fraction=1.0, synthetic_tasks=["induction"], **setting)
     tokenizer = build_tokenizer(cfg)
     loader = build_train_loader(
         cfg, prepare_corpus(cfg, tokenizer), tokenizer, batch_size=8, seed=0, rank=0, world_size=1
@@ -175,7 +179,9 @@ def test_induction_rows_look_back_as_far_as_their_segment_allows(small_cfg):
     ids = torch.cat([b["input_ids"] for b in take(loader, 4)])  # (32, 128)
     distances = []
     for row in ids:  # the span of 8 that ends the row repeats the one `distance` earlier
-        distances.append(next(d for d in range(8, 121) if torch.equal(row[120 - d : 128 - d], row[120:])))
+        distances.append(
+            next(d for d in range(8, farthest + 1) if torch.equal(row[120 - d : 128 - d], row[120:]))
+        )
     assert max(distances) > 24 and min(distances) >= 8
 
 

@@ -150,6 +150,35 @@ def test_induction_rows_repeat_a_span_inside_each_segment():
         make_induction_example(400, 16, np.random.default_rng(0))
 
 
+def test_induction_lookback_reaches_across_segments_as_far_as_the_row_allows():
+    """With `lookback` each segment still ends in a repeat, but its source lies 8 to min(lookback, tokens
+    before it) back, so later segments copy from earlier ones; with the same rng and no lookback, the rows
+    are the ones the default always drew."""
+    distances = []
+    for seed in range(40):
+        example = make_induction_example(4000, 512, np.random.default_rng(seed), lookback=200)
+        ids = example["input_ids"]
+        assert example["answer_positions"].tolist() == [
+            p for e in range(32, 513, 32) for p in range(e - 7, e)
+        ]
+        for end in range(32, 513, 32):
+            found = [
+                d for d in range(8, end - 7) if torch.equal(ids[end - 8 - d : end - d], ids[end - 8 : end])
+            ]
+            assert found and min(found) <= min(200, end - 8), f"segment ending at {end}"
+            distances.append(min(found))
+    assert max(distances) > 150 and min(distances) == 8  # long and short look-backs in the same rows
+    default = make_induction_example(4000, 512, np.random.default_rng(7))
+    assert torch.equal(
+        default["input_ids"],
+        make_induction_example(4000, 512, np.random.default_rng(7), lookback=None)["input_ids"],
+    )
+    with pytest.raises(
+        ValueError, match=r"lookback = 512 is not allowed: span = 8 <= lookback < seq_len = 512"
+    ):
+        make_induction_example(4000, 512, np.random.default_rng(0), lookback=512)
+
+
 def test_induction_rows_draw_from_the_whole_vocabulary():
     """A head trained on part of the vocabulary copies only that part (docs/design.md §8.7), so every id
     but the excluded ones occurs: low ids (a BPE's digits and single bytes) included."""

@@ -35,6 +35,16 @@ def test_the_segment_sets_how_far_back_the_repeat_lies():
     assert max(distances) > 24
 
 
+def test_the_lookback_keeps_a_repeat_a_segment_and_reaches_across_segments():
+    rows = [induction.range_examples(3, 300, 256, 1, s, [], segment=32, lookback=200)[0] for s in range(6)]
+    assert all(len(e["answer_positions"]) == 8 * 7 for e in rows)  # 8 segments, 7 answers each
+    distances = []
+    for e in rows:  # the row's last 8 ids repeat the 8 ids `d` earlier, d <= 200
+        ids = e["input_ids"]
+        distances.append(next(d for d in range(8, 201) if torch.equal(ids[248 - d : 256 - d], ids[248:])))
+    assert max(distances) > 32  # beyond the segment
+
+
 def test_a_model_that_copies_solves_every_range_and_a_random_one_is_near_chance(oracle, llama, tokenizer):
     rows = induction.evaluate([make_method(oracle, "full", None)], RANGES, 64, 3, 0, [0])
     # A span's first answer is ambiguous when its previous id also occurs later in the row: ~1 answer in 40.
@@ -70,3 +80,8 @@ def test_the_command_writes_its_outputs_and_refuses_ranges_past_the_vocabulary(t
         induction.main(["--model", str(model), "--ranges", f"3:{len(tokenizer) + 1}", "--out", str(tmp_path)])
     with pytest.raises(SystemExit):
         induction.main(["--model", str(model), "--ranges", "40:3", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit):
+        induction.main(
+            ["--model", str(model), "--seq-len", "64", "--induction-lookback", "64", "--out", str(tmp_path)]
+        )
+    assert on_disk["settings"]["lookback"] is None

@@ -67,6 +67,30 @@ def test_a_budget_covering_the_prompt_changes_nothing(loaded, ids, variant):
     torch.testing.assert_close(rest, full[:, PROMPT:], atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.gpu
+@torch.no_grad()
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_on_cuda_under_the_flash_kernel_a_covering_budget_changes_nothing(loaded, ids, variant):
+    """The prefill passes no mask and relies on the kernel's causal flag; on CUDA in bf16, PyTorch's SDPA runs
+    its FlashAttention-2 kernel. With only that kernel allowed, prompt logits equal the plain model's."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    model = copy.deepcopy(loaded.model).to("cuda", torch.bfloat16)
+    key, options = VARIANTS[variant]
+    heads = model.config.num_attention_heads if options.per_query_head else model.config.num_key_value_heads
+    budget = entry_bytes(model.config, torch.bfloat16, heads) * (N + 8)
+    method = make_method(
+        LoadedModel("tiny-gqa-llama-cuda", model, loaded.tokenizer), key, budget, options=options
+    )
+    if key == "fastkv":
+        method.options = CompressorOptions(scoring=method.options.scoring, tsp_layer=1, tsp_len=N)
+    on_gpu = ids.cuda()
+    with sdpa_kernel(SDPBackend.FLASH_ATTENTION):  # raises if the flash kernel cannot run these calls
+        last = method.prefill(on_gpu[:, :PROMPT], method.new_cache())
+        full = model(on_gpu[:, :PROMPT]).logits
+    torch.testing.assert_close(last.float(), full[:, -1].float(), atol=1e-2, rtol=1e-2)  # bf16
+
+
 @torch.no_grad()
 @pytest.mark.parametrize("variant", ["snapkv", "fastkv-last-layer-tsp"])
 def test_decoding_equals_a_plain_model_given_the_kept_entries(loaded, ids, variant):

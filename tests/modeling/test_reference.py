@@ -120,18 +120,25 @@ def test_rule_scan_matches_its_one_step_loop(rule):
         assert torch.allclose(a, b, atol=1e-10), name
 
 
+@pytest.mark.parametrize("ties", [False, True])
 @pytest.mark.parametrize("sinks", [0, 1, 3])
-def test_retain_keeps_the_sinks_then_the_top_scored_entries_in_order(sinks):
+def test_retain_keeps_the_sinks_then_the_top_scored_entries_in_order(sinks, ties):
     """RetainWrite against a plain per-row selection: the S sink slots unchanged, then the M - S entries of
-    [memory after the sinks ; chunk] with the highest scores, in their original order."""
+    [memory after the sinks ; chunk] with the highest scores, in their original order. Equal scores (a token
+    repeated: same key and value) go to the entry that came first, as a stable sort puts them."""
     write = (
         tiny_model(memory_write_rule="retain", memory_sink_slots=sinks).model.layers[0].self_attn.memory.write
     )
     slots, chunk = TINY["memory_slots"], 6
     live = torch.rand(2, 2, slots) < 0.5  # some slots empty: they go before any entry
     live[..., :sinks] = True
-    mem = write.pack(torch.randn(2, 2, slots, 16), torch.randn(2, 2, slots, 16), live)
-    features = write.token_features(torch.randn(2, 2, chunk, 16), torch.randn(2, 2, chunk, 16))
+    mem_k, mem_v = torch.randn(2, 2, slots, 16), torch.randn(2, 2, slots, 16)
+    k, v = torch.randn(2, 2, chunk, 16), torch.randn(2, 2, chunk, 16)
+    if ties:  # every chunk token appears three times, the last slot holds one of them too
+        k, v = k[:, :, [0, 1, 0, 1, 0, 1]], v[:, :, [0, 1, 0, 1, 0, 1]]
+        mem_k[:, :, -1], mem_v[:, :, -1], live[..., -1] = k[:, :, 1], v[:, :, 1], True
+    mem = write.pack(mem_k, mem_v, live)
+    features = write.token_features(k, v)
     with torch.no_grad():
         new_mem, took = write(mem, features)
     for b in range(2):

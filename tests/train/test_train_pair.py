@@ -23,6 +23,7 @@ def write_config(path: Path, **sections) -> Path:
 
 
 def test_a_warm_started_pair_starts_from_the_warmup_weights(data_cache, tmp_path):
+    """With one `--stretch` stage: warm-up -> longer look-back stage -> pair, each from the last's weights."""
     data = {**DEBUG["data"], "cache_dir": str(data_cache)}
     shape = yaml.safe_load(Path(REPO / DEBUG["model"]["config"]).read_text())
     warmup = write_config(
@@ -49,6 +50,8 @@ def test_a_warm_started_pair_starts_from_the_warmup_weights(data_cache, tmp_path
             str(pair),
             "--warmup",
             str(warmup),
+            "--stretch",
+            "40:64:2",
         ],
         cwd=REPO,
         env=train_env(),
@@ -57,14 +60,18 @@ def test_a_warm_started_pair_starts_from_the_warmup_weights(data_cache, tmp_path
         timeout=900,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    llama = out / "warmup" / "llama"
+    first, llama = out / "warmup" / "llama", out / "warmup-lookback40" / "llama"
     assert yaml.safe_load((llama / "config.json").read_text())["model_type"] == "llama"
+    stage = yaml.safe_load((out / "warmup-lookback40" / "config.yaml").read_text())
+    assert stage["init_from"] == str(first) and stage["data"]["induction_lookback"] == 40
+    stage_init = load_file(out / "warmup-lookback40" / "init" / "model.safetensors")
+    name = "model.layers.1.self_attn.q_proj.weight"
+    assert torch.equal(stage_init[name], load_file(first / "model.safetensors")[name])
     warm = load_file(llama / "model.safetensors")
     for member in ("bct", "full"):
         assert yaml.safe_load((out / member / "config.yaml").read_text())["init_from"] == str(llama)
         init = load_file(out / member / "init" / "model.safetensors")  # before its own training
         assert torch.equal(init["model.embed_tokens.weight"], warm["model.embed_tokens.weight"])
-        name = "model.layers.1.self_attn.q_proj.weight"
         assert torch.equal(init[name], warm[name])
     assert yaml.safe_load((out / "bct" / "export" / "config.json").read_text())["memory_slots"] == 4
     assert (out / "llama" / "config.json").is_file()  # the twin, as a plain Llama for the baselines
