@@ -141,8 +141,9 @@ def plot_induction(payload: dict, path: Path) -> None:
     ax.set_xlabel("ids of the row")
     ax.set_ylabel("accuracy per answer token")
     settings = payload["settings"]
-    farthest = settings.get("lookback") or settings.get("segment", 16) - 8  # older payloads: no lookback
-    look_back = f", look-back 8-{farthest}" if "segment" in settings else ""
+    look_back = ""
+    if "segment" in settings:  # older payloads have no segment, and none before this had a lookback
+        look_back = f", look-back 8-{settings.get('lookback') or settings['segment'] - 8}"
     ax.set_title(f"Induction copy, {settings['seq_len']:,}-token rows{look_back}")
     ax.grid(alpha=0.3, axis="y")
     ax.legend(fontsize=8)

@@ -79,17 +79,17 @@ def parse_stage(text: str) -> tuple[int, int, int]:
 
 
 def stretch(config: Path, out: Path, llama: Path, stages: list[tuple[int, int, int]]) -> Path:
-    """Continue the warm-up stage by stage (each from the last stage's Llama); return the last Llama. Each
-    stage runs `<out>/warmup-lookback<L>.yaml`: the warm-up config without its shape fields (a run with
-    `init_from` takes its shape from the checkpoint)."""
+    """Continue the warm-up stage by stage (each from the last stage's Llama); return the last Llama. Every
+    stage runs `<out>/warmup-stage.yaml`, the warm-up config without its shape fields (a run with `init_from`
+    takes its shape from the checkpoint), with the stage's overrides."""
     stage_config = yaml.safe_load(config.read_text())
     stage_config["model"] = {
         name: value for name, value in stage_config.get("model", {}).items() if name in CONVERSION_FIELDS
     }
+    path = out / "warmup-stage.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(stage_config, sort_keys=False))
     for lookback, seq_len, steps in stages:
-        path = out / f"warmup-lookback{lookback}.yaml"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(yaml.safe_dump(stage_config, sort_keys=False))
         overrides = [
             f"init_from={llama}",
             f"data.induction_lookback={lookback}",
