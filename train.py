@@ -3,8 +3,9 @@
     accelerate launch train.py --config configs/debug.yaml max_steps=20 output_dir=runs/try model.window=64
     python train.py export runs/try --push-to-hub user/my-bct
 
-config -> accelerator -> model + tokenizer -> data -> optimizer/schedule -> prepare -> resume -> steps
-(log, eval, save, preemption) -> final eval + checkpoint -> sample + export (+ Hub upload).
+config -> accelerator -> model + tokenizer -> data (+ passkey probe) -> optimizer/schedule -> prepare -> resume ->
+steps (log, eval, probe, save, best checkpoint, preemption) -> final eval + checkpoint -> sample + export
+(+ export-best, Hub upload).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from accelerate.utils import DistributedDataParallelKwargs, InitProcessGroupKwar
 from tqdm.auto import tqdm
 
 from data import build_train_loader, build_validation_batches, prepare_corpus
+from training.best import BEST_FILE, BestCheckpoint
 from training.checkpoint import remove_partial, save_checkpoint
 from training.config import (
     ConfigError,
@@ -32,7 +34,7 @@ from training.config import (
     sample_settings,
     save_run_config,
 )
-from training.export import export_from_accelerator, generate_sample
+from training.export import export_checkpoint, export_from_accelerator, generate_sample
 from training.guard import NONFINITE_EXIT, NonFiniteError, NonFiniteGuard, any_rank, weights_finite
 from training.hub import close_run_uploads, export_and_push, push_save, run_uploader
 from training.launcher import stop_with_launcher
@@ -43,7 +45,9 @@ from training.model import build_model_and_tokenizer, load_init_source
 from training.optim import build_optimizer, build_scheduler
 from training.plots import plot_metrics
 from training.preemption import StopRequest
+from training.probe import PasskeyProbe
 from training.resume import ResumeError, resume
+from training.round_robin import deal
 from training.tracking import MetricsFile, init_trackers, read_metrics
 
 
@@ -74,12 +78,10 @@ def evaluate(accelerator: Accelerator, model: torch.nn.Module, batches: list[dic
     if not batches:
         return {}
     model.eval()
-    rank, world = accelerator.process_index, accelerator.num_processes
     totals = torch.zeros(2, device=accelerator.device, dtype=torch.float64)  # (loss * tokens, tokens)
-    for i in range(math.ceil(len(batches) / world)):
-        index = rank + i * world
-        batch = {k: v.to(accelerator.device) for k, v in batches[min(index, len(batches) - 1)].items()}
-        tokens = (batch["labels"][:, 1:] != -100).sum() * (index < len(batches))  # the model shifts labels
+    for cpu_batch, counts in deal(accelerator, batches):
+        batch = {k: v.to(accelerator.device) for k, v in cpu_batch.items()}
+        tokens = (batch["labels"][:, 1:] != -100).sum() * counts  # the model shifts labels
         loss = model(**batch).loss.double()
         totals += torch.stack([loss * tokens, tokens.double()])
     model.train()
@@ -93,6 +95,7 @@ def forward_loss(
     batch: dict[str, torch.Tensor],
     synthetic: torch.Tensor | None,
     synthetic_weight: float | None,
+    answer_mean: str,
     signals: bool,
 ) -> tuple:
     """The forward (memory signals only where logged) and its loss: the model's own mean over every labelled
@@ -101,7 +104,8 @@ def forward_loss(
         output = model(**batch, output_memory_signals=signals)
         return output, output.loss
     output = model(input_ids=batch["input_ids"], output_memory_signals=signals)
-    return output, synthetic_weighted_loss(output.logits, batch["labels"], synthetic, synthetic_weight)
+    loss = synthetic_weighted_loss(output.logits, batch["labels"], synthetic, synthetic_weight, answer_mean)
+    return output, loss
 
 
 def train(cfg: RunConfig) -> int:
@@ -155,6 +159,8 @@ def train(cfg: RunConfig) -> int:
     val_batches = build_validation_batches(
         corpus, cfg.train.micro_batch_size, cfg.train.eval_batches * accelerator.num_processes
     )
+    # Held-out passkeys scored while training (training/probe.py), drawn once from the validation rows.
+    probe = PasskeyProbe(cfg.probe, tokenizer, corpus.validation) if cfg.probe.every else None
 
     if cfg.train.gradient_checkpointing:
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
@@ -193,6 +199,9 @@ def train(cfg: RunConfig) -> int:
         if plan.note:
             print(plan.note)
     init_trackers(accelerator, cfg)
+    # train.keep_best: the best checkpoint so far, continued on resume (training/best.py).
+    best = BestCheckpoint(out, cfg.train.keep_best)
+    best.restore(start_step if resumed_from is not None else None, write=accelerator.is_main_process)
     if resumed_from is not None:
         metrics_file.truncate_after(start_step)
         accelerator.print(f"resumed from {resumed_from} at step {start_step}")
@@ -209,6 +218,8 @@ def train(cfg: RunConfig) -> int:
                 source = evaluate(accelerator, load_init_source(cfg).to(accelerator.device), val_batches)
                 extra = {"val/source_loss": source["val/loss"], "val/source_ppl": source["val/ppl"]}
             log_eval(accelerator, model, val_batches, metrics_file, 0, extra=extra)
+        if cfg.init_from is not None and probe is not None:  # where the continued model starts
+            log_metrics(accelerator, metrics_file, 0, probe.run(accelerator, model))
 
     stop = StopRequest()
     hub = run_uploader(cfg, accelerator.is_main_process)  # None without push_to_hub
@@ -230,7 +241,7 @@ def train(cfg: RunConfig) -> int:
             tokenizer,
             metrics,
             extra_state={"nonfinite_skips": guard.skipped},
-            protect=(resumed_from,) if resumed_from is not None else (),
+            protect=tuple(p for p in (resumed_from, best.checkpoint) if p is not None),
         )
 
     batches = iter(loader)
@@ -261,7 +272,12 @@ def train(cfg: RunConfig) -> int:
                 synthetic = batch.pop("synthetic", None)  # (B,) rows holding synthetic answers, if mixed
                 with accelerator.accumulate(model):
                     output, loss = forward_loss(
-                        model, batch, synthetic, cfg.data.synthetic_loss_weight, log_now
+                        model,
+                        batch,
+                        synthetic,
+                        cfg.data.synthetic_loss_weight,
+                        cfg.data.synthetic_answer_mean,
+                        log_now,
                     )
                     if deepspeed:  # DeepSpeed steps inside backward: the loss is checked before it
                         guard.check_loss_before_backward(step + 1, loss)
@@ -309,13 +325,22 @@ def train(cfg: RunConfig) -> int:
                 accelerator.log(metrics, step=step)
                 progress.set_postfix(loss=f"{packed[0]:.3f}", lr=f"{lr:.2e}")
                 busy, busy_steps = 0.0, 0
+            measured = {}  # this step's validation and probe metrics
             if cfg.train.eval_every and step % cfg.train.eval_every == 0 and step < cfg.max_steps:
-                metrics.update(log_eval(accelerator, model, val_batches, metrics_file, step))
+                measured |= log_eval(accelerator, model, val_batches, metrics_file, step)
+            if probe is not None and step % cfg.probe.every == 0 and step < cfg.max_steps:
+                measured |= log_metrics(accelerator, metrics_file, step, probe.run(accelerator, model))
+            metrics.update(measured)
+            improved = best.improved_by(measured)  # saved now, so that the best step has a checkpoint
             # The last step is saved after the final eval, so that its checkpoint (and card) holds val/*.
-            if cfg.train.save_every and step % cfg.train.save_every == 0 and step < cfg.max_steps:
+            if improved or (
+                cfg.train.save_every and step % cfg.train.save_every == 0 and step < cfg.max_steps
+            ):
                 saved = save(step)
                 push_save(accelerator, hub, cfg, saved, model, tokenizer, metrics, step)  # hub.strategy
                 last_saved = step
+                if improved:
+                    best.record(step, measured, write=accelerator.is_main_process)
             if stop.agreed(accelerator):  # preemption: every rank saves this step and leaves
                 if last_saved != step:
                     save(step)
@@ -329,10 +354,15 @@ def train(cfg: RunConfig) -> int:
         progress.close()
 
         val = log_eval(accelerator, model, val_batches, metrics_file, step)
-        metrics.update(val)
+        measured = dict(val)
+        if probe is not None:
+            measured |= log_metrics(accelerator, metrics_file, step, probe.run(accelerator, model))
+        metrics.update(measured)
         if last_saved != step:
             saved = save(step)
             push_save(accelerator, hub, cfg, saved, model, tokenizer, metrics, step)
+        if best.improved_by(measured):
+            best.record(step, measured, write=accelerator.is_main_process)
     except NonFiniteError as err:  # nothing non-finite was stepped into the weights' checkpoints or saved
         progress.close()
         if accelerator.is_main_process:
@@ -369,6 +399,9 @@ def train(cfg: RunConfig) -> int:
         accelerator.print(f"sample: {sample!r}")
     accelerator.print(f"export: {export_dir}")
     accelerator.print(f"curves: {plot}")
+    if best.checkpoint is not None and accelerator.is_main_process:
+        best_dir = export_checkpoint(best.checkpoint, out / "export-best")
+        print(f"best: {best.metric} {best.value:.4f} at step {best.step}; export {best_dir} ({BEST_FILE})")
     if hub is not None:
         hub.submit("final export", export_dir, "End of training")
     close_run_uploads(hub, cfg)  # waits; failed uploads are a warning, not a failed run
@@ -384,11 +417,19 @@ def log_eval(
     step: int,
     extra: dict[str, float] | None = None,
 ) -> dict[str, float]:
-    val = {**evaluate(accelerator, model, batches), **(extra or {})}
-    metrics_file.log({"step": step, **val})
-    accelerator.log(val, step=step)
-    accelerator.print(f"\nstep {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in val.items()))
-    return val
+    return log_metrics(
+        accelerator, metrics_file, step, {**evaluate(accelerator, model, batches), **(extra or {})}
+    )
+
+
+def log_metrics(
+    accelerator: Accelerator, metrics_file: MetricsFile, step: int, values: dict[str, float]
+) -> dict[str, float]:
+    """Record a step's measured `values` in metrics.jsonl and the trackers, print them, return them."""
+    metrics_file.log({"step": step, **values})
+    accelerator.log(values, step=step)
+    accelerator.print(f"\nstep {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in values.items()))
+    return values
 
 
 def export_command(argv: list[str]) -> int:
@@ -419,14 +460,14 @@ def train_command(argv: list[str]) -> int:
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. optim.lr=1e-3")
     args = parser.parse_args(argv)
     try:
-        cfg = load_run_config(args.config, args.overrides)
+        # Checks that need the tokenizer or the corpus (e.g. the probe's lengths) raise from inside train.
+        return train(load_run_config(args.config, args.overrides))
     except ConfigError as err:
         # One line, exit 2, once (not once per process). Under `accelerate launch`, add `-q` so that the
         # launcher prints no traceback of its own (its exit status is then 1).
         if os.environ.get("RANK", "0") == "0":
             print(f"config error: {err}", file=sys.stderr)
         return 2
-    return train(cfg)
 
 
 # `train.py export ...` exports; anything else is a training run (`accelerate launch train.py --config ...`

@@ -24,6 +24,7 @@ from data.synthetic import (
     SyntheticDataset,
     make_mqar_example,
     make_passkey_example,
+    make_passkey_grid,
     mqar_token_ranges,
     passkey_min_length,
 )
@@ -55,6 +56,7 @@ __all__ = [
     "load_pretrained_tokenizer",
     "make_mqar_example",
     "make_passkey_example",
+    "make_passkey_grid",
     "mqar_token_ranges",
     "open_source",
     "pack_rows",

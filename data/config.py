@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import glob
 import os
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import AfterValidator, Field, model_validator
 
@@ -103,6 +103,12 @@ class DataConfig(Section):
         list[Str],
         allowed(lambda v: set(v) <= set(SYNTHETIC_TASKS), f"a list drawn from {list(SYNTHETIC_TASKS)}"),
     ] = Field(default_factory=lambda: list(DEFAULT_SYNTHETIC_TASKS))
+    # Where a training passkey's needle sits, as a fraction of the filler before it (drawn uniformly in the
+    # range): [0, 0.5] keeps every needle at least half a row behind its question, past a window's reach.
+    passkey_depth_range: Annotated[
+        tuple[Number, Number],
+        allowed(lambda v: 0 <= v[0] <= v[1] <= 1, "two fractions [low, high] with 0 <= low <= high <= 1"),
+    ] = (0.0, 1.0)
     mqar_num_pairs: PositiveInt = 16
     mqar_num_queries: PositiveInt = 8
     # "copy" rows repeat a span of their own text at the row's end (`data.synthetic.make_text_copy_example`):
@@ -124,6 +130,10 @@ class DataConfig(Section):
             "weigh the same)",
         ),
     ] = None
+    # How that share is spread over the synthetic answers: "tokens", each answer token the same (a task
+    # with many answers a row, e.g. induction's ~112, outweighs one with few, e.g. passkey's ~5); "rows",
+    # each synthetic row the same (the mean of its own answers), so every task gets its rows' share.
+    synthetic_answer_mean: Literal["tokens", "rows"] = "tokens"
 
     @model_validator(mode="after")
     def _check_synthetic(self) -> DataConfig:

@@ -41,6 +41,7 @@ class SyntheticMixer:
         self.seq_len = cfg.seq_len
         self.num_pairs, self.num_queries = cfg.mqar_num_pairs, cfg.mqar_num_queries
         self.copy_span = cfg.copy_span
+        self.passkey_depths = cfg.passkey_depth_range
         self.induction_segment, self.induction_lookback = cfg.induction_segment, cfg.induction_lookback
         self.vocab_size = tokenizer.backend_tokenizer.get_vocab_size(with_added_tokens=False)
         if "passkey" in self.tasks and passkey_min_length(tokenizer) >= cfg.seq_len:
@@ -91,7 +92,10 @@ class SyntheticMixer:
         """One example of `task` replacing the corpus `row` (seq_len,), which passkey and text_mqar use as
         filler."""
         if task == "passkey":
-            depth = float(rng.random())
+            low, high = self.passkey_depths
+            depth = low + (high - low) * float(
+                rng.random()
+            )  # the default (0, 1) draws what rng.random() does
             return make_passkey_example(self.tokenizer, row, self.seq_len, depth, rng)
         if task == "text_mqar":
             return make_text_mqar_example(

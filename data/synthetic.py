@@ -84,6 +84,29 @@ def make_passkey_example(
     return answer_example(ids, np.arange(context_len - len(answer), context_len))
 
 
+def make_passkey_grid(
+    tokenizer: PreTrainedTokenizerFast,
+    filler_ids: np.ndarray,
+    lengths: list[int],
+    depths: list[float],
+    samples: int,
+    seed: int,
+) -> dict[tuple[int, float], list[Example]]:
+    """Passkey examples over a grid: cell (length, depth) -> `samples` examples, each drawn from its own
+    generator seeded by (seed, length index, depth index, sample), so a cell never depends on the others. The
+    passkey eval (`eval/tasks/passkey.py`) and the training probe (`training/probe.py`) draw from it."""
+    grid = {}
+    for i, length in enumerate(lengths):
+        for j, depth in enumerate(depths):
+            grid[length, depth] = [
+                make_passkey_example(
+                    tokenizer, filler_ids, length, depth, np.random.default_rng([seed, i, j, k])
+                )
+                for k in range(samples)
+            ]
+    return grid
+
+
 def passkey_min_length(tokenizer: PreTrainedTokenizerFast) -> int:
     """Upper bound on the tokens a passkey example needs besides filler, for any key."""
     fixed = encode_batch(tokenizer, [PASSKEY_INTRO, *PASSKEY_NEEDLE, PASSKEY_QUESTION])

@@ -7,6 +7,7 @@ anything heavy starts (no model, no data, no process group).
               memory_slots / window / chunk_size override the JSON (or the converted checkpoint's defaults)
     data:     data.DataConfig
     optim:    OptimConfig      train: TrainConfig      tracking: TrackingConfig      export: ExportConfig
+    probe:    ProbeConfig (a held-out passkey probe during training; train.keep_best can keep its best step)
 """
 
 from __future__ import annotations
@@ -131,6 +132,38 @@ class TrainConfig(Section):
     # Updates with a non-finite loss or gradient norm skipped (gradients dropped) before the run stops;
     # 0 = stop at the first one. Counted across resumes (docs/training.md, "Nothing is lost").
     max_nonfinite_skips: NotNegative = 0
+    # Keep the checkpoint with the best value of this metric (lowest val/loss, highest probe/passkey): it is
+    # saved when the metric improves, never pruned, recorded in output_dir/best.json and exported to
+    # output_dir/export-best at the end (transformers.Trainer's metric_for_best_model). null = off.
+    keep_best: Literal["val/loss", "probe/passkey"] | None = None
+
+
+class ProbeConfig(Section):
+    """A passkey probe during training (training/probe.py): every `every` steps, exact-match accuracy on
+    held-out passkeys of these lengths and needle depths, filled with validation text, through the training
+    model's parallel forward; a BCT with memory slots is also probed with its writes closed (the control)."""
+
+    prefix: ClassVar[str] = "probe"
+
+    every: ZeroIsOff = 0  # steps between probes (also after the last step); 0 = no probe
+    lengths: Annotated[
+        list[Int],
+        allowed(
+            lambda v: len(v) > 0 and len(set(v)) == len(v) and all(n >= 1 for n in v),
+            "a non-empty list of distinct token counts >= 1",
+        ),
+    ] = Field(default_factory=lambda: [4096, 8192])
+    depths: Annotated[
+        list[Number],
+        allowed(
+            lambda v: len(v) > 0 and all(0 <= d <= 1 for d in v), "a non-empty list of fractions in [0, 1]"
+        ),
+    ] = Field(default_factory=lambda: [0.0, 0.5])
+    samples: AtLeastOne = 8  # examples per (length, depth)
+    # Not a seed the passkey evaluations use (0 by default, 1 by depth): a checkpoint picked on the probe is
+    # reported on other examples.
+    seed: NotNegative = 7
+    writes_closed: Bool = True
 
 
 class TrackingConfig(Section):
@@ -198,10 +231,23 @@ class RunConfig(Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
+    probe: ProbeConfig = Field(default_factory=ProbeConfig)
 
     @property
     def resume_mode(self) -> str:
         return "none" if self.resume in (None, "none") else self.resume
+
+    @model_validator(mode="after")
+    def _probe_has_what_it_needs(self) -> RunConfig:
+        if self.train.keep_best == "probe/passkey" and self.probe.every == 0:
+            raise not_allowed("train.keep_best", "probe/passkey", "'probe/passkey' only with probe.every > 0")
+        if self.probe.every > 0 and self.data.validation_fraction == 0:
+            raise not_allowed(
+                "probe.every",
+                self.probe.every,
+                "0 when data.validation_fraction is 0 (the probe's filler is validation text)",
+            )
+        return self
 
     @model_validator(mode="after")
     def _hub_needs_a_repo(self) -> RunConfig:

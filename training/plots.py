@@ -16,15 +16,19 @@ from matplotlib.figure import Figure
 LOSSES = ("train/loss", "val/loss")
 MEMORY_PREFIX = "memory/"
 RECALL = "train/answer_accuracy"
+PROBE = ("probe/passkey", "probe/passkey_closed")  # training/probe.py: writes open, and closed (the control)
 
 
 def plot_metrics(records: list[dict[str, Any]], path: str | Path, title: str | None = None) -> list[str]:
     """Draw `records` (metrics.jsonl lines: {"step": N, name: value, ...}) as a PNG at `path`: one panel for
-    the losses, one for the synthetic answers' accuracy if logged, one per `memory/*` signal. Returns the names of the series drawn, panel by panel."""
+    the losses, one for the passkey probe and one for the synthetic answers' accuracy if logged, one per
+    `memory/*` signal. Returns the names of the series drawn, panel by panel."""
     memory = sorted({name for record in records for name in record if name.startswith(MEMORY_PREFIX)})
     panels = [("loss (nats/token)", list(LOSSES))] + [(name[len(MEMORY_PREFIX) :], [name]) for name in memory]
     if any(RECALL in record for record in records):  # runs with synthetic rows mixed in
         panels.insert(1, ("synthetic answer accuracy", [RECALL]))
+    if any(PROBE[0] in record for record in records):  # runs with a passkey probe
+        panels.insert(1, ("passkey probe accuracy", list(PROBE)))
     columns = min(len(panels), 3)
     rows = math.ceil(len(panels) / columns)
     fig = Figure(figsize=(4.2 * columns, 3.0 * rows), layout="constrained")
@@ -39,8 +43,9 @@ def plot_metrics(records: list[dict[str, Any]], path: str | Path, title: str | N
             if not points:
                 continue
             steps, values = zip(*points)
-            # Validation is a few points (every eval_every steps): markers make each one visible.
-            ax.plot(steps, values, marker="o" if name.startswith("val/") else None, markersize=3, label=name)
+            # Validation and probes are a few points (every eval_every / probe.every steps): markers show each.
+            sparse = name.startswith(("val/", "probe/"))
+            ax.plot(steps, values, marker="o" if sparse else None, markersize=3, label=name)
             drawn.append(name)
         ax.set_title(heading, fontsize=10)
         ax.grid(alpha=0.3)

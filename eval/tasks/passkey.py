@@ -2,7 +2,7 @@
 
     python -m eval passkey --model runs/bct/export --model runs/llama/llama [--lengths 512 1024 2048 4096]
 
-Each cell holds `--samples` examples from `data.synthetic.make_passkey_example`: held-out text as filler,
+Each cell holds `--samples` examples from `data.synthetic.make_passkey_grid`: held-out text as filler,
 the needle "The pass key is <5 digits>." at the given depth (0 = start, 1 = just before the question), then
 the question and the answer. Every method sees the same examples (seeded by cell and sample). An example is
 correct when every answer token is the argmax prediction (teacher forcing, `eval/scoring.py`); the prompt is
@@ -18,26 +18,12 @@ import argparse
 
 import numpy as np
 
-from data import make_passkey_example, passkey_min_length, tokenize_documents
+from data import make_passkey_grid, passkey_min_length, tokenize_documents
 from eval.common import add_model_args, header, methods_from_args, write_outputs
 from eval.contenders.methods import BASELINES, Method
 from eval.corpus import add_heldout_args, heldout_documents
 from eval.report import kv_bytes_table, markdown_table, pivot
 from eval.scoring import KVBytes, score_example
-
-
-def passkey_examples(
-    tokenizer, filler: np.ndarray, lengths: list[int], depths: list[float], samples: int, seed: int
-) -> dict[tuple[int, float], list[dict]]:
-    """The grid's examples, identical for every method: cell (length, depth) -> `samples` examples."""
-    grid = {}
-    for i, length in enumerate(lengths):
-        for j, depth in enumerate(depths):
-            grid[length, depth] = [
-                make_passkey_example(tokenizer, filler, length, depth, np.random.default_rng([seed, i, j, k]))
-                for k in range(samples)
-            ]
-    return grid
 
 
 def evaluate(methods: list[Method], grid: dict[tuple[int, float], list[dict]]) -> list[dict]:
@@ -99,7 +85,7 @@ def main(argv: list[str] | None = None) -> dict:
         )
     texts = heldout_documents(args.source, args.validation_fraction, args.cache_dir)
     filler = np.concatenate(tokenize_documents(tokenizer, texts))
-    grid = passkey_examples(tokenizer, filler, args.lengths, args.depths, args.samples, args.seed)
+    grid = make_passkey_grid(tokenizer, filler, args.lengths, args.depths, args.samples, args.seed)
     rows = evaluate(methods, grid)
     settings = {
         "lengths": args.lengths,

@@ -8,7 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from data import PackedLoader, build_tokenizer, build_train_loader, build_validation_batches, prepare_corpus
+from data import (
+    PackedLoader,
+    build_tokenizer,
+    build_train_loader,
+    build_validation_batches,
+    make_passkey_example,
+    prepare_corpus,
+)
 from tests.data.batches import same_batches, take
 
 SEQ = 4
@@ -130,6 +137,32 @@ def test_synthetic_rows_replace_about_the_fraction(small_cfg):
     answers = labels[synthetic] != -100
     assert torch.equal(labels[synthetic][answers], ids[synthetic][answers])
     assert torch.equal(labels[~synthetic], ids[~synthetic])
+
+
+@pytest.mark.parametrize("depths", [(0.0, 0.25), (0.75, 1.0)])
+def test_passkey_needles_sit_in_their_depth_range(small_cfg, depths):
+    """The key's first occurrence (the needle) lies in the drawn share of the filler: measured against where
+    the needle sits at depth 0 and at depth 1 in a row of the same length."""
+    cfg = small_cfg.replace(
+        seq_len=256, synthetic_fraction=1.0, synthetic_tasks=["passkey"], passkey_depth_range=depths
+    )
+    tokenizer = build_tokenizer(cfg)
+    loader = build_train_loader(
+        cfg, prepare_corpus(cfg, tokenizer), tokenizer, batch_size=8, seed=0, rank=0, world_size=1
+    )
+
+    def needle(ids: torch.Tensor, labels: torch.Tensor) -> int:
+        answer = ids[labels != -100]  # (A,) the key's ids, at the row's end
+        return next(p for p in range(len(ids)) if torch.equal(ids[p : p + len(answer)], answer))
+
+    filler = np.arange(300, 400)
+    ends = [make_passkey_example(tokenizer, filler, 256, d, np.random.default_rng(0)) for d in (0.0, 1.0)]
+    first, last = (needle(e["input_ids"], e["labels"]) for e in ends)
+    batches = take(loader, 2)
+    rows = zip(torch.cat([b["input_ids"] for b in batches]), torch.cat([b["labels"] for b in batches]))
+    for ids, labels in rows:
+        depth = (needle(ids, labels) - first) / (last - first)
+        assert depths[0] - 0.02 <= depth <= depths[1] + 0.02, (depth, depths)
 
 
 def test_validation_batches_are_fixed_and_ordered(corpus):

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from transformers.cache_utils import Cache, DynamicSlidingWindowLayer
 
-from data import passkey_min_length
+from data import make_passkey_grid, passkey_min_length
 from data.text_recall import text_mqar_fixed_length
 from eval.contenders.methods import make_method
 from eval.tasks import mqar, passkey, perplexity
@@ -20,7 +20,7 @@ from .conftest import prose
 def passkey_grid(tokenizer, lengths_over_min=(40, 160), depths=(0.0, 0.5, 1.0), samples=2):
     filler = np.asarray(tokenizer(prose(2000, seed=7))["input_ids"])
     lengths = [passkey_min_length(tokenizer) + extra for extra in lengths_over_min]
-    return passkey.passkey_examples(tokenizer, filler, lengths, list(depths), samples, seed=0)
+    return make_passkey_grid(tokenizer, filler, lengths, list(depths), samples, seed=0)
 
 
 def test_oracle_that_sees_everything_solves_passkey(oracle, tokenizer):

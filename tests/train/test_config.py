@@ -6,10 +6,11 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from data.schema import ConfigError
 from tests.train.runner import REPO, run_train
-from training.config import load_run_config, save_run_config
+from training.config import RunConfig, load_run_config, save_run_config
 
 DEBUG = REPO / "configs" / "debug.yaml"
 
@@ -113,6 +114,29 @@ def test_overrides_reach_every_section():
         pytest.param(
             "data.piece_chars=0", ["data.piece_chars = 0", "a positive integer or null"], id="piece-chars"
         ),
+        pytest.param(
+            "train.keep_best=probe/passkey",
+            ["train.keep_best = 'probe/passkey'", "only with probe.every > 0"],
+            id="keep-best-without-probe",
+        ),
+        pytest.param(
+            "train.keep_best=val/acc",
+            ["train.keep_best = 'val/acc'", "'val/loss', 'probe/passkey' or null"],
+            id="keep-best-metric",
+        ),
+        pytest.param(
+            "probe.depths=[0.5, 2]", ["probe.depths = [0.5, 2.0]", "fractions in [0, 1]"], id="probe-depths"
+        ),
+        pytest.param(
+            "data.passkey_depth_range=[0.5, 0.2]",
+            ["data.passkey_depth_range = (0.5, 0.2)", "two fractions [low, high]"],
+            id="passkey-depths",
+        ),
+        pytest.param(
+            "data.synthetic_answer_mean=row",
+            ["data.synthetic_answer_mean = 'row'", "'tokens', 'rows'"],
+            id="answer-mean",
+        ),
     ],
 )
 def test_bad_configs_name_field_value_and_allowed(override, expected):
@@ -159,6 +183,14 @@ def test_shipped_configs_validate(path, tiny_llama_dir, monkeypatch):
     monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     cfg = load_run_config(REPO / "configs" / path, overrides)
+    assert cfg.max_steps >= 1
+
+
+@pytest.mark.parametrize("path", sorted(p.name for p in (REPO / "eval" / "configs").glob("*.yaml")))
+def test_eval_configs_parse(path):
+    """The bench's run configs: every field is known and allowed (their init_from runs exist only after the
+    bench's earlier stages, so the files are not checked here)."""
+    cfg = RunConfig.parse(yaml.safe_load((REPO / "eval" / "configs" / path).read_text()))
     assert cfg.max_steps >= 1
 
 

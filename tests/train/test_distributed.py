@@ -20,8 +20,12 @@ TOLERANCE = 1e-4
 @pytest.mark.parametrize("kind", ["ddp", "zero2", "zero3"])
 def test_two_processes_match_single_process(kind, baseline, baseline_metrics, data_cache, tmp_path):
     out = tmp_path / "run"
-    run_train(debug_args(out, data_cache, "train.micro_batch_size=2"), kind=kind, timeout=900)
+    # A probe of 3 passkeys: dealt to 2 ranks, one repeats an example that must not count (training/probe.py).
+    probe = ("probe.every=10", "probe.lengths=[192]", "probe.depths=[0]", "probe.samples=3")
+    run_train(debug_args(out, data_cache, "train.micro_batch_size=2", *probe), kind=kind, timeout=900)
     metrics = read_metrics(out / "metrics.jsonl")
+    probed = {m["step"]: m["probe/passkey"] for m in metrics if "probe/passkey" in m}
+    assert sorted(probed) == [10, 20] and all(v in (0, 1 / 3, 2 / 3, 1) for v in probed.values())
     single, multi = losses(baseline_metrics), losses(metrics)
     assert sorted(multi) == list(range(1, 21))
     for step in single:

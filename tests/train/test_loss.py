@@ -50,6 +50,21 @@ def test_token_share_weight_is_todays_plain_mean():
     assert torch.allclose(synthetic_weighted_loss(logits, labels, synthetic, share), plain, atol=1e-6)
 
 
+def test_rows_mean_gives_each_synthetic_row_the_same_share():
+    """Row 1 holds two answers, row 2 six: "rows" averages the two rows' means, "tokens" the eight answers."""
+    ids, labels, _ = mixed_batch()
+    labels[2] = -100
+    labels[2, 3:] = ids[2, 3:]
+    synthetic = torch.tensor([False, True, True])
+    logits = torch.randn(3, ids.shape[1], 11)
+    row1, row2 = token_losses(logits, labels, [1]), token_losses(logits, labels, [2])
+    by_rows = synthetic_weighted_loss(logits, labels, synthetic, 1.0, "rows")
+    by_tokens = synthetic_weighted_loss(logits, labels, synthetic, 1.0, "tokens")
+    assert torch.allclose(by_rows, (row1.mean() + row2.mean()) / 2, atol=1e-6)
+    assert torch.allclose(by_tokens, torch.cat([row1, row2]).mean(), atol=1e-6)
+    assert not torch.allclose(by_rows, by_tokens)  # the modes differ when rows hold unequal answer counts
+
+
 def test_a_kind_the_batch_lacks_contributes_nothing():
     ids, labels, _ = mixed_batch()
     logits = torch.randn(3, ids.shape[1], 11)
@@ -73,9 +88,9 @@ def test_forward_loss_keeps_the_model_loss_without_a_weight():
     )
     ids, labels, synthetic = mixed_batch()
     batch = {"input_ids": ids, "labels": labels}
-    output, loss = forward_loss(model, batch, synthetic, None, False)
+    output, loss = forward_loss(model, batch, synthetic, None, "tokens", False)
     assert torch.equal(loss, model(**batch).loss)
-    output, loss = forward_loss(model, batch, synthetic, 0.5, False)
+    output, loss = forward_loss(model, batch, synthetic, 0.5, "tokens", False)
     assert torch.allclose(loss, synthetic_weighted_loss(output.logits, labels, synthetic, 0.5))
     loss.backward()  # a training loss: gradients reach the weights
     assert model.lm_head.weight.grad is not None
