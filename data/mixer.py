@@ -92,10 +92,8 @@ class SyntheticMixer:
         """One example of `task` replacing the corpus `row` (seq_len,), which passkey and text_mqar use as
         filler."""
         if task == "passkey":
-            low, high = self.passkey_depths
-            depth = low + (high - low) * float(
-                rng.random()
-            )  # the default (0, 1) draws what rng.random() does
+            low, high = self.passkey_depths  # the default (0, 1) draws exactly what rng.random() does
+            depth = low + (high - low) * float(rng.random())
             return make_passkey_example(self.tokenizer, row, self.seq_len, depth, rng)
         if task == "text_mqar":
             return make_text_mqar_example(
