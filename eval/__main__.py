@@ -18,6 +18,7 @@ Tools (eval/tools/; they train, convert or time things for the tasks):
   recall-study   train small models on the recall curriculum and score recall by distance (`make recall`)
   binding-probe  steps until a plain Llama and the same-shape BCT bind keys to values at all
   retain-probe   can a `retain` BCT read recall from its memory: learned or oracle selection, trained or full read
+  retain-census  what a `retain` memory holds when a passkey question comes: the key, relays of it, or other tokens
   bench-train    training tokens/s and peak memory, BCT against Llama
   bench-data     data pipeline throughput (tokenizer, packing, loader)
   plot           redraw a task's PNG from its JSON
@@ -48,6 +49,7 @@ COMMANDS = {
     "recall-study": "eval.tools.recall_study",
     "binding-probe": "eval.tools.binding_probe",
     "retain-probe": "eval.tools.retain_probe",
+    "retain-census": "eval.tools.retain_census",
     "bench-train": "eval.tools.bench_train",
     "bench-data": "eval.tools.bench_data",
     "plot": "eval.plots",

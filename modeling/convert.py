@@ -203,6 +203,8 @@ def _init_memory_as_null_sink(bct: BCTForCausalLM, source: PreTrainedModel) -> N
             memory.read_bias[:, :sinks] = CONVERSION_READ_BIAS - math.log(sinks)
             memory.read_bias[:, sinks:] = CONVERSION_RETAIN_READ_BIAS - math.log(slots - sinks)
         else:
+            # Also `retain` with no sink slot: its retained tokens start at the null sink's e^-6 / M each. The
+            # bench pair reads far passkeys that way; opened (δ = 96, 0 per token) it read none (design §8.10).
             memory.read_bias.fill_(CONVERSION_READ_BIAS - math.log(slots))
 
 

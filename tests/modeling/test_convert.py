@@ -188,6 +188,22 @@ def test_retain_conversion_keeps_its_sink_slots_apart_from_the_retained_tokens()
 
 
 @torch.no_grad()
+def test_retain_conversion_without_sinks_starts_its_retained_tokens_at_the_null_sink_bias():
+    """`retain` with no sink slot keeps the null sink's read bias (CONVERSION_READ_BIAS - ln M) per retained
+    token: opening it (0 per token, read 96 back) lost the bench pair's far passkeys (docs/design.md §8.10).
+    Empty slots are not read, so the window still covers the input exactly."""
+    source = random_source("llama")
+    bct = convert_to_bct(source, memory_slots=8, window=56, chunk_size=8, memory_write_rule="retain")
+    memory = bct.model.layers[1].self_attn.memory
+    assert torch.allclose(
+        memory.read_bias, torch.full_like(memory.read_bias, CONVERSION_READ_BIAS - math.log(8))
+    )
+    ids = torch.randint(0, SHAPE["vocab_size"], (2, 64), generator=torch.Generator().manual_seed(1))
+    expected, logits = source(ids).logits, bct(ids, use_cache=False).logits
+    assert (logits - expected).abs().max() <= 0.03 * expected.std()
+
+
+@torch.no_grad()
 def test_retain_conversion_read_at_a_distance_makes_its_sinks_the_bos_token():
     """With `memory_read_distance` > 0 the S sinks are the source's BOS token, key and value, at one BOS's full
     weight (CONVERSION_SINK_AT_DISTANCE_BIAS - ln S each): read δ back, that is where the source saw its first
