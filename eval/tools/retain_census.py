@@ -107,7 +107,8 @@ def census(model: PreTrainedModel, examples: list[dict]) -> dict:
     """Per (layer, head): key held, near-needle slots (answered / not) with the uniform count, tokens held."""
     config = model.config
     reach = config.num_hidden_layers * (config.window + config.chunk_size)
-    layers, heads, slots = config.num_hidden_layers, config.num_key_value_heads, config.memory_slots
+    layers, heads = config.num_hidden_layers, config.num_key_value_heads
+    retained = config.memory_slots - config.memory_sink_slots  # the slots that hold tokens
     key_held = np.zeros((layers, heads))
     near = [[[] for _ in range(heads)] for _ in range(layers)]
     tokens = [[Counter() for _ in range(heads)] for _ in range(layers)]
@@ -120,7 +121,7 @@ def census(model: PreTrainedModel, examples: list[dict]) -> dict:
         answered.append(bool(torch.equal(predicted, ids[first_answer:])))
         written = max(first_answer - config.window - config.chunk_size, 1)  # tokens surely written by then
         span = min(end + reach, written) - start
-        uniform.append(slots * max(span, 0) / written)
+        uniform.append(retained * max(span, 0) / written)
         for layer, positions in enumerate(held_positions(model, ids[:first_answer])):
             for head in range(heads):
                 kept = positions[head][positions[head] >= 0]
