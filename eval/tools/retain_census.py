@@ -32,7 +32,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from data import make_passkey_grid, passkey_min_length, tokenize_documents
 from eval.corpus import add_heldout_args, heldout_documents
 from eval.report import command_line, markdown_table, write_json, write_markdown
+from eval.tools.retain_probe import stated_end
 from modeling.cache import CACHE_ARG
+from training.probe import answer_exact
 
 
 @contextmanager
@@ -73,8 +75,7 @@ def held_positions(model: PreTrainedModel, prompt: torch.Tensor) -> list[torch.T
         slots = torch.cat((layer_cache.mem_keys[0], layer_cache.mem_values[0]), dim=-1)  # (G, M, 2d)
         tokens = torch.cat((keys, values), dim=-1)  # (G, T, 2d)
         same = (slots[:, :, None] == tokens[:, None]).all(-1)  # (G, M, T)
-        live = layer_cache.mem_live[0] if layer_cache.mem_live is not None else same.any(-1)  # (G, M)
-        held.append(trace_slots(same, live))
+        held.append(trace_slots(same, layer_cache.mem_live[0]))  # `retain` keeps live flags (G, M)
     return held
 
 
@@ -96,11 +97,9 @@ def trace_slots(same: torch.Tensor, live: torch.Tensor) -> torch.Tensor:
 def needle_span(example: dict) -> tuple[int, int, int]:
     """(first key position, end of the key, first answer position) of a passkey example: the key is the
     answer, stated once before the question."""
-    ids, answers = example["input_ids"], example["answer_positions"]
-    first_answer = int(answers[0])
-    key = ids[first_answer:]
-    start = next(i for i in range(first_answer) if torch.equal(ids[i : i + len(key)], key))
-    return start, start + len(key), first_answer
+    ids, first_answer = example["input_ids"], int(example["answer_positions"][0])
+    end = stated_end(ids, first_answer, len(ids))
+    return end - (len(ids) - first_answer), end, first_answer
 
 
 def census(model: PreTrainedModel, examples: list[dict]) -> dict:
@@ -117,8 +116,7 @@ def census(model: PreTrainedModel, examples: list[dict]) -> dict:
         ids = example["input_ids"]
         start, end, first_answer = needle_span(example)
         with torch.no_grad():
-            predicted = model(ids[None]).logits[0, first_answer - 1 : -1].argmax(-1)
-        answered.append(bool(torch.equal(predicted, ids[first_answer:])))
+            answered.append(answer_exact(model, example, model.device))
         written = max(first_answer - config.window - config.chunk_size, 1)  # tokens surely written by then
         span = min(end + reach, written) - start
         uniform.append(retained * max(span, 0) / written)
