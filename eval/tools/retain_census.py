@@ -9,7 +9,11 @@ exact pre-RoPE key and value of one token: the position whose key and value equa
 in layer 0 go to the earliest positions, as the stable top-M keeps them). Per layer and KV head the census
 reports:
 
-- `key held`: the share of examples whose every key token (the answer's digits, at the needle) is in a slot;
+- `key held`: the share of examples whose every key token (the answer's digits, at the needle) is in a slot,
+  and `key tokens held`: the share of the key's tokens in a slot, over all examples;
+- `key rank`: how far the key is from being held: the rank, among the tokens written so far, of the key's
+  lowest-scored token by the model's own retention score (median over examples); the key is held iff it is at
+  most M - S, so a rank of 2,000 says the score would have to rise above 2,000 written tokens;
 - `near needle`: slots holding a token from the needle to L·(W+C) after it, the tokens that could have read
   the needle through the stacked windows and carry it on (a relay), split by whether the example was answered
   (teacher-forced exact match); beside it, the count a uniform choice among the written tokens would give;
@@ -66,17 +70,40 @@ def recorded_projections(model: PreTrainedModel) -> Iterator[list[list[tuple[tor
 def held_positions(model: PreTrainedModel, prompt: torch.Tensor) -> list[torch.Tensor]:
     """prompt (T,) -> per layer, (G, M) int64: the position each slot was written from after prefilling the
     prompt, -1 for a slot that is empty or not a token (a sink slot)."""
+    return traced_prefill(model, prompt)[0]
+
+
+def traced_prefill(
+    model: PreTrainedModel, prompt: torch.Tensor
+) -> tuple[list[torch.Tensor], list[torch.Tensor], int]:
+    """prompt (T,) -> per layer, the (G, M) positions the slots hold after prefilling it (`held_positions`)
+    and the (G, T) retention score of every prompt token, the number the top-(M - S) ranks them by; and how
+    many tokens were written to the memory, as the cache counts them (seen minus those still in the ring)."""
+    held, scores = [], []
     with torch.no_grad(), recorded_projections(model) as records:
         cache = getattr(model(prompt[None], use_cache=True), CACHE_ARG)
-    held = []
-    for layer_records, layer_cache in zip(records, cache.layers):
-        keys = torch.cat([k for k, _ in layer_records], dim=2)[0]  # (G, T, d)
-        values = torch.cat([v for _, v in layer_records], dim=2)[0]
-        slots = torch.cat((layer_cache.mem_keys[0], layer_cache.mem_values[0]), dim=-1)  # (G, M, 2d)
-        tokens = torch.cat((keys, values), dim=-1)  # (G, T, 2d)
-        same = (slots[:, :, None] == tokens[:, None]).all(-1)  # (G, M, T)
-        held.append(trace_slots(same, layer_cache.mem_live[0]))  # `retain` keeps live flags (G, M)
-    return held
+        for layer, layer_records, layer_cache in zip(model.model.layers, records, cache.layers):
+            keys = torch.cat([k for k, _ in layer_records], dim=2)[0]  # (G, T, d)
+            values = torch.cat([v for _, v in layer_records], dim=2)[0]
+            slots = torch.cat((layer_cache.mem_keys[0], layer_cache.mem_values[0]), dim=-1)  # (G, M, 2d)
+            tokens = torch.cat((keys, values), dim=-1)  # (G, T, 2d)
+            same = (slots[:, :, None] == tokens[:, None]).all(-1)  # (G, M, T)
+            held.append(trace_slots(same, layer_cache.mem_live[0]))  # `retain` keeps live flags (G, M)
+            scores.append(layer.self_attn.memory.write.scores(tokens[None])[0])  # (G, T)
+    return held, scores, int(cache.seen[0] - cache.ring_len[0])
+
+
+def key_rank(scores: torch.Tensor, start: int, end: int, written: int) -> torch.Tensor:
+    """scores (G, T); the key at [start, end), `written` tokens written so far -> (G,) int64: the rank among
+    the written tokens of the key's lowest-ranked token (1 = kept first; ties go to the earlier token, as the
+    stable top-M gives them). The whole key is held iff this is at most M - S."""
+    written_scores = scores[:, :written]  # (G, n)
+    ranks = []
+    for position in range(start, end):
+        score = scores[:, position : position + 1]  # (G, 1)
+        ahead = (written_scores > score).sum(-1) + (written_scores[:, :position] == score).sum(-1)
+        ranks.append(ahead + 1)
+    return torch.stack(ranks, dim=-1).amax(-1)
 
 
 def trace_slots(same: torch.Tensor, live: torch.Tensor) -> torch.Tensor:
@@ -108,22 +135,29 @@ def census(model: PreTrainedModel, examples: list[dict]) -> dict:
     reach = config.num_hidden_layers * (config.window + config.chunk_size)
     layers, heads = config.num_hidden_layers, config.num_key_value_heads
     retained = config.memory_slots - config.memory_sink_slots  # the slots that hold tokens
-    key_held = np.zeros((layers, heads))
+    key_held, key_tokens = np.zeros((layers, heads)), np.zeros((layers, heads))
+    ranks = [[[] for _ in range(heads)] for _ in range(layers)]
     near = [[[] for _ in range(heads)] for _ in range(layers)]
     tokens = [[Counter() for _ in range(heads)] for _ in range(layers)]
-    answered, uniform = [], []
+    answered, uniform, written_counts = [], [], []
     for example in examples:
         ids = example["input_ids"]
         start, end, first_answer = needle_span(example)
         with torch.no_grad():
             answered.append(answer_exact(model, example, model.device))
-        written = max(first_answer - config.window - config.chunk_size, 1)  # tokens surely written by then
+        held, scores, written = traced_prefill(model, ids[:first_answer])
+        written = max(written, 1)
+        written_counts.append(written)
         span = min(end + reach, written) - start
         uniform.append(retained * max(span, 0) / written)
-        for layer, positions in enumerate(held_positions(model, ids[:first_answer])):
+        for layer, (positions, layer_scores) in enumerate(zip(held, scores)):
+            layer_ranks = key_rank(layer_scores, start, end, written)
             for head in range(heads):
+                ranks[layer][head].append(int(layer_ranks[head]))
                 kept = positions[head][positions[head] >= 0]
-                key_held[layer, head] += bool(torch.isin(torch.arange(start, end), kept).all())
+                in_slots = torch.isin(torch.arange(start, end), kept)  # (key length,)
+                key_held[layer, head] += bool(in_slots.all())
+                key_tokens[layer, head] += float(in_slots.float().mean())
                 near[layer][head].append(int(((kept >= start) & (kept < end + reach)).sum()))
                 tokens[layer][head].update(ids[kept].tolist())
     answered = np.array(answered)
@@ -136,6 +170,8 @@ def census(model: PreTrainedModel, examples: list[dict]) -> dict:
                     "layer": layer,
                     "head": head,
                     "key_held": key_held[layer, head] / len(examples),
+                    "key_tokens": key_tokens[layer, head] / len(examples),
+                    "key_rank": float(np.median(ranks[layer][head])),
                     "near": float(counts.mean()),
                     "near_answered": float(counts[answered].mean()) if answered.any() else None,
                     "near_missed": float(counts[~answered].mean()) if (~answered).any() else None,
@@ -143,7 +179,14 @@ def census(model: PreTrainedModel, examples: list[dict]) -> dict:
                     "top_tokens": tokens[layer][head].most_common(5),
                 }
             )
-    return {"answered": int(answered.sum()), "examples": len(examples), "reach": reach, "rows": rows}
+    return {
+        "answered": int(answered.sum()),
+        "examples": len(examples),
+        "reach": reach,
+        "retained": retained,
+        "written": float(np.mean(written_counts)),
+        "rows": rows,
+    }
 
 
 def markdown(result: dict, tokenizer) -> str:
@@ -155,6 +198,8 @@ def markdown(result: dict, tokenizer) -> str:
         ("layer", "layer", "{}"),
         ("head", "KV head", "{}"),
         ("key_held", "key held", "{:.0%}"),
+        ("key_tokens", "key tokens held", "{:.0%}"),
+        ("key_rank", "key rank (median)", "{:.0f}"),
         ("near_answered", "near needle, answered", "{:.1f}"),
         ("near_missed", "near needle, missed", "{:.1f}"),
         ("near_uniform", "uniform", "{:.1f}"),

@@ -8,7 +8,14 @@ import pytest
 import torch
 
 from data import make_passkey_example, passkey_min_length
-from eval.tools.retain_census import census, held_positions, needle_span, recorded_projections
+from eval.tools.retain_census import (
+    census,
+    held_positions,
+    key_rank,
+    needle_span,
+    recorded_projections,
+    traced_prefill,
+)
 from modeling import BCTConfig, BCTForCausalLM
 from tests.eval.conftest import SHAPE, prose
 
@@ -48,7 +55,11 @@ def reference_held(model, ids: torch.Tensor, sinks: int) -> list[set[int]]:
         model(ids[None], use_cache=False)
     for hook in hooks:
         hook.remove()
-    heads, dim, written = model.config.num_key_value_heads, model.config.head_dim, written_tokens(len(ids))
+    heads, dim, written = (
+        model.config.num_key_value_heads,
+        model.config.head_dim,
+        written_tokens(len(ids)),
+    )
     kept = []
     for n, layer in enumerate(model.model.layers):
         k, v = (records[n, name][0].view(-1, heads, dim).transpose(0, 1) for name in ("k", "v"))  # (G, T, d)
@@ -103,5 +114,24 @@ def test_needle_span_is_the_key_before_the_question_and_census_counts_every_exam
     result = census(model, examples)
     assert result["examples"] == 2 and len(result["rows"]) == 2 * model.config.num_key_value_heads
     for row in result["rows"]:
-        assert 0 <= row["key_held"] <= 1 and 0 <= row["near"] <= SLOTS
+        assert 0 <= row["key_held"] <= row["key_tokens"] <= 1 and 0 <= row["near"] <= SLOTS
         assert sum(count for _, count in row["top_tokens"]) <= 2 * SLOTS
+
+
+@pytest.mark.parametrize("sinks", [0, 2])
+def test_key_rank_says_whether_the_traced_slots_hold_the_whole_span(sinks):
+    """The rank of a span's lowest-ranked token among the written ones is at most M - S exactly when every
+    token of the span is traced to a slot: two computations, one from the cache's contents, one from scores."""
+    model = retain_model(128, sinks)
+    ids = torch.randperm(128, generator=torch.Generator().manual_seed(5))[:100]
+    held, scores, written = traced_prefill(model, ids)
+    outcomes = set()
+    for start in range(0, written - 2):
+        for positions, layer_scores in zip(held, scores):
+            ranks = key_rank(layer_scores, start, start + 2, written)
+            for head in range(len(positions)):
+                whole = set(range(start, start + 2)) <= set(positions[head].tolist())
+                assert (int(ranks[head]) <= SLOTS - sinks) == whole
+                outcomes.add(whole)
+    assert outcomes == {True, False}  # both cases occur: the check can fail either way
+    assert written == written_tokens(100) == 80  # chunks leave at arrivals 24, 32, ..., 96: 10 of 8
