@@ -20,6 +20,13 @@ from the last stage's Llama: STEPS more steps of the warm-up config on SEQ_LEN-t
 up to LOOKBACK tokens back (`data.induction_lookback`), into `<out>/warmup-lookback<LOOKBACK>`. A head formed at
 look-backs of 8-24 does not reach a passkey 500 tokens back, and one jump to long look-backs loses it
 (docs/design.md §8.7); the stages grow it a step at a time while every row keeps short repeats too.
+
+`--far CONFIG ...` then continues the twin as a BCT, stage by stage: the first CONFIG starts from `<out>/llama`
+(converted with the capacity fields CONFIG sets), each later one from the stage before it, into
+`<out>/far-<CONFIG's stem>`; a stage starts from its predecessor's best checkpoint (`export-best`, with
+`train.keep_best`) where it has one, else from its last (`export`). The pair's `key=value` overrides do not
+reach these stages: each CONFIG is a whole run. With `eval/configs/bench_pair_far_passkey.yaml` and
+`eval/configs/bench_pair_far_text.yaml` this is the recipe of docs/design.md §8.11 (`make far-pair`).
 """
 
 from __future__ import annotations
@@ -101,6 +108,17 @@ def stretch(config: Path, out: Path, llama: Path, stages: list[tuple[int, int, i
     return llama
 
 
+def far_stages(configs: list[Path], out: Path, start_from: Path) -> Path:
+    """Train each far-stage config from the last stage's model (the first from `start_from`); return the last
+    stage's model folder (its export-best where it kept one)."""
+    for config in configs:
+        output_dir = out / f"far-{config.stem}"
+        finish(start(config, output_dir, [f"init_from={start_from}"]))
+        best = output_dir / "export-best"
+        start_from = best if (best / "config.json").is_file() else output_dir / "export"
+    return start_from
+
+
 def as_llama(export: Path, llama: Path) -> Path:
     """`llama`, converted from the full-attention BCT `export` unless it exists already."""
     if not (llama / "config.json").is_file():
@@ -135,6 +153,15 @@ def main(argv: list[str] | None = None) -> dict[str, str]:
         help="with --warmup: continue it in stages of longer look-back before the pair (e.g. 64:512:200); "
         "key=value overrides go before --stretch",
     )
+    parser.add_argument(
+        "--far",
+        type=Path,
+        nargs="+",
+        default=[],
+        metavar="CONFIG",
+        help="after the pair: continue its twin as a BCT through these configs in order, each from the last "
+        "stage's best export, into OUT/far-<stem> (docs/design.md §8.11)",
+    )
     parser.add_argument("overrides", nargs="*", help="key=value overrides for both runs")
     args = parser.parse_args(argv)
     if not Path("train.py").is_file():
@@ -160,4 +187,7 @@ def main(argv: list[str] | None = None) -> dict[str, str]:
     finish(full_run)
     bct, full = out / "bct" / "export", out / "full" / "export"
     llama = as_llama(full, out / "llama")
-    return {"bct": str(bct), "full": str(full), "llama": str(llama)}
+    trained = {"bct": str(bct), "full": str(full), "llama": str(llama)}
+    if args.far:
+        trained["far"] = str(far_stages(args.far, out, llama))
+    return trained

@@ -23,8 +23,10 @@ def write_config(path: Path, **sections) -> Path:
 
 
 def test_a_warm_started_pair_starts_from_the_warmup_weights(data_cache, tmp_path):
-    """With one `--stretch` stage: warm-up -> longer look-back stage -> pair, each from the last's weights."""
+    """With one `--stretch` stage and two `--far` stages: warm-up -> longer look-back stage -> pair -> the twin
+    continued as a BCT -> that BCT continued, each from the last's weights."""
     data = {**DEBUG["data"], "cache_dir": str(data_cache)}
+    pair_model = {"memory_slots": 4, "window": 16, "chunk_size": 8, "memory_write_rule": "retain"}
     shape = yaml.safe_load(Path(REPO / DEBUG["model"]["config"]).read_text())
     warmup = write_config(
         tmp_path / "warmup.yaml",
@@ -34,9 +36,15 @@ def test_a_warm_started_pair_starts_from_the_warmup_weights(data_cache, tmp_path
     pair = write_config(
         tmp_path / "pair.yaml",
         init_from="set/by/train-pair",
-        model={"memory_slots": 4, "window": 16, "chunk_size": 8, "memory_write_rule": "retain"},
+        model=pair_model,
         data=data,
     )
+    far = [
+        write_config(
+            tmp_path / f"far{stage}.yaml", init_from="set/by/train-pair", model=pair_model, data=data
+        )
+        for stage in (1, 2)
+    ]
     out = tmp_path / "pair"
     proc = subprocess.run(
         [
@@ -52,6 +60,8 @@ def test_a_warm_started_pair_starts_from_the_warmup_weights(data_cache, tmp_path
             str(warmup),
             "--stretch",
             "40:64:2",
+            "--far",
+            *map(str, far),
         ],
         cwd=REPO,
         env=train_env(),
@@ -75,3 +85,13 @@ def test_a_warm_started_pair_starts_from_the_warmup_weights(data_cache, tmp_path
         assert torch.equal(init[name], warm[name])
     assert yaml.safe_load((out / "bct" / "export" / "config.json").read_text())["memory_slots"] == 4
     assert (out / "llama" / "config.json").is_file()  # the twin, as a plain Llama for the baselines
+    # The far stages: the twin's Llama -> far1 (a retain BCT) -> far2, from far1's last export (no keep_best).
+    far1, far2 = out / "far-far1", out / "far-far2"
+    assert yaml.safe_load((far1 / "config.yaml").read_text())["init_from"] == str(out / "llama")
+    assert yaml.safe_load((far2 / "config.yaml").read_text())["init_from"] == str(far1 / "export")
+    name = "model.layers.0.self_attn.memory.write.score"
+    assert torch.equal(
+        load_file(far2 / "init" / "model.safetensors")[name],
+        load_file(far1 / "export" / "model.safetensors")[name],
+    )
+    assert yaml.safe_load((far2 / "export" / "config.json").read_text())["memory_write_rule"] == "retain"
