@@ -27,6 +27,8 @@ look-backs of 8-24 does not reach a passkey 500 tokens back, and one jump to lon
 `train.keep_best`) where it has one, else from its last (`export`). The pair's `key=value` overrides do not
 reach these stages: each CONFIG is a whole run. With `eval/configs/bench_pair_far_passkey.yaml` and
 `eval/configs/bench_pair_far_text.yaml` this is the recipe of docs/design.md §8.11 (`make far-pair`).
+`--far-from warmup` starts the first stage from the warm-up's Llama (the last `--stretch` stage's, if any)
+instead, and trains no pair (§8.12: the memory is learned sooner from there).
 """
 
 from __future__ import annotations
@@ -162,17 +164,30 @@ def main(argv: list[str] | None = None) -> dict[str, str]:
         help="after the pair: continue its twin as a BCT through these configs in order, each from the last "
         "stage's best export, into OUT/far-<stem> (docs/design.md §8.11)",
     )
+    parser.add_argument(
+        "--far-from",
+        choices=("twin", "warmup"),
+        default="twin",
+        help="where the first --far stage starts: the pair's twin (default), or the warm-up's Llama (its last "
+        "--stretch stage), which skips the pair (docs/design.md §8.12)",
+    )
     parser.add_argument("overrides", nargs="*", help="key=value overrides for both runs")
     args = parser.parse_args(argv)
     if not Path("train.py").is_file():
         parser.error("run from the repository root (train.py not found)")
     if args.stretch and not args.warmup:
         parser.error("--stretch continues the warm-up: give --warmup CONFIG too")
+    if args.far_from == "warmup" and not (args.warmup and args.far):
+        parser.error(
+            "--far-from warmup starts the --far stages from the warm-up: give --warmup CONFIG and --far"
+        )
     config, out = Path(args.config), Path(args.out)
     overrides = list(args.overrides)
     if args.warmup:
         warmup = Path(args.warmup)
         llama = stretch(warmup, out, warm_start(warmup, out / "warmup"), args.stretch)
+        if args.far_from == "warmup":
+            return {"warmup": str(llama), "far": str(far_stages(args.far, out, llama))}
         overrides.append(f"init_from={llama}")
     full_overrides = [
         *overrides,

@@ -95,3 +95,48 @@ def test_a_warm_started_pair_starts_from_the_warmup_weights(data_cache, tmp_path
         load_file(far1 / "export" / "model.safetensors")[name],
     )
     assert yaml.safe_load((far2 / "export" / "config.json").read_text())["memory_write_rule"] == "retain"
+
+
+def test_far_stages_from_the_warmup_skip_the_pair(data_cache, tmp_path):
+    """`--far-from warmup`: warm-up -> a far stage from the warm-up's Llama; no pair is trained."""
+    data = {**DEBUG["data"], "cache_dir": str(data_cache)}
+    shape = yaml.safe_load(Path(REPO / DEBUG["model"]["config"]).read_text())
+    warmup = write_config(
+        tmp_path / "warmup.yaml",
+        model={**shape, "memory_slots": 0, "window": data["seq_len"]},
+        data={**data, "synthetic_tasks": ["induction"], "synthetic_fraction": 1.0},
+    )
+    model = {"memory_slots": 4, "window": 16, "chunk_size": 8, "memory_write_rule": "retain"}
+    far = write_config(tmp_path / "far.yaml", init_from="set/by/train-pair", model=model, data=data)
+    out = tmp_path / "pair"
+    command = ["-m", "eval", "train-pair", "--out", str(out), "--warmup", str(warmup), "--far", str(far)]
+    proc = subprocess.run(
+        [PYTHON, *command, "--far-from", "warmup"],
+        cwd=REPO,
+        env=train_env(),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert yaml.safe_load((out / "far-far" / "config.yaml").read_text())["init_from"] == str(
+        out / "warmup" / "llama"
+    )
+    assert (out / "far-far" / "export" / "config.json").is_file()
+    assert not (out / "bct").exists() and not (out / "full").exists()
+
+
+def test_far_from_the_warmup_needs_a_warmup():
+    proc = subprocess.run(
+        [PYTHON, "-m", "eval", "train-pair", "--far", "x.yaml", "--far-from", "warmup"],
+        cwd=REPO,
+        env=train_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert (
+        "--far-from warmup starts the --far stages from the warm-up: give --warmup CONFIG and --far"
+        in proc.stderr
+    )
