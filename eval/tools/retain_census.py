@@ -67,18 +67,13 @@ def recorded_projections(model: PreTrainedModel) -> Iterator[list[list[tuple[tor
             attention.__dict__.pop("project", None)
 
 
-def held_positions(model: PreTrainedModel, prompt: torch.Tensor) -> list[torch.Tensor]:
-    """prompt (T,) -> per layer, (G, M) int64: the position each slot was written from after prefilling the
-    prompt, -1 for a slot that is empty or not a token (a sink slot)."""
-    return traced_prefill(model, prompt)[0]
-
-
 def traced_prefill(
     model: PreTrainedModel, prompt: torch.Tensor
 ) -> tuple[list[torch.Tensor], list[torch.Tensor], int]:
-    """prompt (T,) -> per layer, the (G, M) positions the slots hold after prefilling it (`held_positions`)
-    and the (G, T) retention score of every prompt token, the number the top-(M - S) ranks them by; and how
-    many tokens were written to the memory, as the cache counts them (seen minus those still in the ring)."""
+    """prompt (T,) -> per layer, (G, M) int64: the position each slot was written from after prefilling the
+    prompt, -1 for a slot that is empty or not a token (a sink slot); per layer, the (G, T) retention score of
+    every prompt token, the number the top-(M - S) ranks them by; and how many tokens were written to the
+    memory, as the cache counts them (seen minus those still in the ring)."""
     held, scores = [], []
     with torch.no_grad(), recorded_projections(model) as records:
         cache = getattr(model(prompt[None], use_cache=True), CACHE_ARG)

@@ -10,7 +10,6 @@ import torch
 from data import make_passkey_example, passkey_min_length
 from eval.tools.retain_census import (
     census,
-    held_positions,
     key_rank,
     needle_span,
     recorded_projections,
@@ -79,7 +78,7 @@ def test_held_positions_are_the_top_scores_among_the_written_tokens(sinks):
     ids = torch.randperm(128, generator=torch.Generator().manual_seed(3))[
         :100
     ]  # distinct: no tied layer-0 keys
-    held = held_positions(model, ids)
+    held = traced_prefill(model, ids)[0]
     expected = reference_held(model, ids, sinks)
     found = [set(positions[head, sinks:].tolist()) for positions in held for head in range(len(positions))]
     assert found == expected
@@ -94,7 +93,7 @@ def test_copies_of_one_token_are_traced_to_the_earliest_written_positions():
     """One token repeated: in layer 0 every copy has the same key, value and score, and the stable top-M keeps
     the first M - S written; each slot is traced to its own position, not all to the first copy."""
     model = retain_model(128, sinks=2)
-    held = held_positions(model, torch.full((100,), 5))
+    held = traced_prefill(model, torch.full((100,), 5))[0]
     assert sorted(held[0][0, 2:].tolist()) == list(range(SLOTS - 2))
     assert sorted(held[0][1, 2:].tolist()) == list(range(SLOTS - 2))
 

@@ -22,52 +22,47 @@ def write_config(path: Path, **sections) -> Path:
     return path
 
 
-def test_a_warm_started_pair_starts_from_the_warmup_weights(data_cache, tmp_path):
-    """With one `--stretch` stage and two `--far` stages: warm-up -> longer look-back stage -> pair -> the twin
-    continued as a BCT -> that BCT continued, each from the last's weights."""
-    data = {**DEBUG["data"], "cache_dir": str(data_cache)}
-    pair_model = {"memory_slots": 4, "window": 16, "chunk_size": 8, "memory_write_rule": "retain"}
+# The capacity of every BCT these tests train (the pair's and the far stages').
+RETAIN_MODEL = {"memory_slots": 4, "window": 16, "chunk_size": 8, "memory_write_rule": "retain"}
+
+
+def warmup_config(tmp_path: Path, data: dict) -> Path:
+    """A memory-free warm-up on induction rows: the debug shape, its window covering the row."""
     shape = yaml.safe_load(Path(REPO / DEBUG["model"]["config"]).read_text())
-    warmup = write_config(
+    return write_config(
         tmp_path / "warmup.yaml",
         model={**shape, "memory_slots": 0, "window": data["seq_len"]},
         data={**data, "synthetic_tasks": ["induction"], "synthetic_fraction": 1.0},
     )
-    pair = write_config(
-        tmp_path / "pair.yaml",
-        init_from="set/by/train-pair",
-        model=pair_model,
-        data=data,
-    )
-    far = [
-        write_config(
-            tmp_path / f"far{stage}.yaml", init_from="set/by/train-pair", model=pair_model, data=data
-        )
-        for stage in (1, 2)
-    ]
-    out = tmp_path / "pair"
-    proc = subprocess.run(
-        [
-            PYTHON,
-            "-m",
-            "eval",
-            "train-pair",
-            "--out",
-            str(out),
-            "--config",
-            str(pair),
-            "--warmup",
-            str(warmup),
-            "--stretch",
-            "40:64:2",
-            "--far",
-            *map(str, far),
-        ],
+
+
+def train_pair(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [PYTHON, "-m", "eval", "train-pair", *args],
         cwd=REPO,
         env=train_env(),
         capture_output=True,
         text=True,
-        timeout=900,
+        timeout=timeout,
+    )
+
+
+def test_a_warm_started_pair_starts_from_the_warmup_weights(data_cache, tmp_path):
+    """With one `--stretch` stage and two `--far` stages: warm-up -> longer look-back stage -> pair -> the twin
+    continued as a BCT -> that BCT continued, each from the last's weights."""
+    data = {**DEBUG["data"], "cache_dir": str(data_cache)}
+    warmup = warmup_config(tmp_path, data)
+    pair = write_config(tmp_path / "pair.yaml", init_from="set/by/train-pair", model=RETAIN_MODEL, data=data)
+    far = [
+        write_config(
+            tmp_path / f"far{stage}.yaml", init_from="set/by/train-pair", model=RETAIN_MODEL, data=data
+        )
+        for stage in (1, 2)
+    ]
+    out = tmp_path / "pair"
+    proc = train_pair(
+        *("--out", str(out), "--config", str(pair), "--warmup", str(warmup), "--stretch", "40:64:2"),
+        *("--far", *map(str, far)),
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     first, llama = out / "warmup" / "llama", out / "warmup-lookback40" / "llama"
@@ -100,24 +95,10 @@ def test_a_warm_started_pair_starts_from_the_warmup_weights(data_cache, tmp_path
 def test_far_stages_from_the_warmup_skip_the_pair(data_cache, tmp_path):
     """`--far-from warmup`: warm-up -> a far stage from the warm-up's Llama; no pair is trained."""
     data = {**DEBUG["data"], "cache_dir": str(data_cache)}
-    shape = yaml.safe_load(Path(REPO / DEBUG["model"]["config"]).read_text())
-    warmup = write_config(
-        tmp_path / "warmup.yaml",
-        model={**shape, "memory_slots": 0, "window": data["seq_len"]},
-        data={**data, "synthetic_tasks": ["induction"], "synthetic_fraction": 1.0},
-    )
-    model = {"memory_slots": 4, "window": 16, "chunk_size": 8, "memory_write_rule": "retain"}
-    far = write_config(tmp_path / "far.yaml", init_from="set/by/train-pair", model=model, data=data)
+    warmup = warmup_config(tmp_path, data)
+    far = write_config(tmp_path / "far.yaml", init_from="set/by/train-pair", model=RETAIN_MODEL, data=data)
     out = tmp_path / "pair"
-    command = ["-m", "eval", "train-pair", "--out", str(out), "--warmup", str(warmup), "--far", str(far)]
-    proc = subprocess.run(
-        [PYTHON, *command, "--far-from", "warmup"],
-        cwd=REPO,
-        env=train_env(),
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+    proc = train_pair("--out", str(out), "--warmup", str(warmup), "--far", str(far), "--far-from", "warmup")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert yaml.safe_load((out / "far-far" / "config.yaml").read_text())["init_from"] == str(
         out / "warmup" / "llama"
@@ -127,14 +108,7 @@ def test_far_stages_from_the_warmup_skip_the_pair(data_cache, tmp_path):
 
 
 def test_far_from_the_warmup_needs_a_warmup():
-    proc = subprocess.run(
-        [PYTHON, "-m", "eval", "train-pair", "--far", "x.yaml", "--far-from", "warmup"],
-        cwd=REPO,
-        env=train_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = train_pair("--far", "x.yaml", "--far-from", "warmup", timeout=120)
     assert proc.returncode == 2
     assert (
         "--far-from warmup starts the --far stages from the warm-up: give --warmup CONFIG and --far"
