@@ -29,11 +29,16 @@ reach these stages: each CONFIG is a whole run. With `eval/configs/bench_pair_fa
 `eval/configs/bench_pair_far_text.yaml` this is the recipe of docs/design.md §8.11 (`make far-pair`).
 `--far-from warmup` starts the first stage from the warm-up's Llama (the last `--stretch` stage's, if any)
 instead, and trains no pair (§8.12: the memory is learned sooner from there).
+
+`--far-pair` stands for the whole §8.11 recipe (`FAR_PAIR_RECIPE` below; `make far-pair`, and the models
+`make bench` compares): the induction warm-up, its four stretch stages, the pair in parallel, and both far
+stages. Later arguments add to it or override it (`--out`, `--far-from warmup`, `key=value`).
 """
 
 from __future__ import annotations
 
 import argparse
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -44,6 +49,14 @@ from eval.tools import to_llama
 from training.config import CONVERSION_FIELDS
 
 DEFAULT_CONFIG = Path(__file__).parents[1] / "configs" / "bench_pair.yaml"
+# docs/design.md §8.11 end to end: the pair trained from a stretched induction warm-up, then its twin continued
+# as a retain BCT on far passkeys and then on text beside them. Its models are FAR_PAIR_BCT and `<out>/llama`.
+FAR_PAIR_RECIPE = (
+    "--config eval/configs/bench_pair_recall.yaml --warmup eval/configs/induction_warmup.yaml "
+    "--stretch 64:512:216 128:512:278 256:512:393 504:512:361 "
+    "--far eval/configs/bench_pair_far_passkey.yaml eval/configs/bench_pair_far_text.yaml --parallel"
+)  # ends in a flag, so that key=value arguments after it are not taken for --far configs
+FAR_PAIR_BCT = "far-bench_pair_far_text/export-best"  # under --out: the last far stage's best checkpoint
 
 
 def seq_len_of(config: Path, overrides: list[str]) -> int:
@@ -128,7 +141,13 @@ def as_llama(export: Path, llama: Path) -> Path:
     return llama
 
 
-def main(argv: list[str] | None = None) -> dict[str, str]:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The parsed command line; `--far-pair` is replaced by FAR_PAIR_RECIPE's arguments, in its place, so that
+    arguments after it add to the recipe or override it."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    while "--far-pair" in argv:
+        at = argv.index("--far-pair")
+        argv[at : at + 1] = shlex.split(FAR_PAIR_RECIPE)
     parser = argparse.ArgumentParser(
         prog="python -m eval train-pair",
         description=__doc__,
@@ -171,6 +190,11 @@ def main(argv: list[str] | None = None) -> dict[str, str]:
         help="where the first --far stage starts: the pair's twin (default), or the warm-up's Llama (its last "
         "--stretch stage), which skips the pair (docs/design.md §8.12)",
     )
+    parser.add_argument(
+        "--far-pair",
+        action="store_true",
+        help=f"the whole recipe of docs/design.md §8.11 (make far-pair): {FAR_PAIR_RECIPE}",
+    )
     parser.add_argument("overrides", nargs="*", help="key=value overrides for both runs")
     args = parser.parse_args(argv)
     if not Path("train.py").is_file():
@@ -181,6 +205,11 @@ def main(argv: list[str] | None = None) -> dict[str, str]:
         parser.error(
             "--far-from warmup starts the --far stages from the warm-up: give --warmup CONFIG and --far"
         )
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict[str, str]:
+    args = parse_args(argv)
     config, out = Path(args.config), Path(args.out)
     overrides = list(args.overrides)
     if args.warmup:

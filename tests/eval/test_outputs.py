@@ -45,7 +45,8 @@ def test_bench_all_writes_every_output_and_the_readme_section(exports, tmp_path,
     lengths = [passkey_min_length(tokenizer) + extra for extra in (30, 90)]
     argv = ["--bct", str(exports / "bct"), "--baseline", str(exports / "llama"), "--out", str(out),
             "--readme", str(readme), "--quick", "--source", heldout_file, "--validation-fraction", "0.5",
-            "--cache-dir", str(tmp_path / "cache"), "--quick-passkey-lengths", *map(str, lengths)]  # fmt: skip
+            "--cache-dir", str(tmp_path / "cache"), "--quick-passkey-lengths", *map(str, lengths),
+            "--tasks", *ROW_KEYS]  # fmt: skip
     payloads = bench_all.main(argv)
 
     assert set(payloads) == set(ROW_KEYS)

@@ -10,6 +10,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from eval.tools import train_pair as train_pair_tool
 from tests.train.runner import PYTHON, REPO, train_env
 
 DEBUG = yaml.safe_load((REPO / "configs" / "debug.yaml").read_text())
@@ -114,3 +115,18 @@ def test_far_from_the_warmup_needs_a_warmup():
         "--far-from warmup starts the --far stages from the warm-up: give --warmup CONFIG and --far"
         in proc.stderr
     )
+
+
+def test_far_pair_is_the_recipe_and_later_arguments_add_to_it(monkeypatch):
+    """`--far-pair` parses as FAR_PAIR_RECIPE written out; `--out`, `--far-from` and key=value after it still
+    reach the run (not swallowed by the recipe's --far), and every config it names is in the repository."""
+    monkeypatch.chdir(REPO)
+    recipe = train_pair_tool.FAR_PAIR_RECIPE.split()
+    late = ["--out", "runs/x", "--far-from", "warmup", "max_steps=3"]
+    assert train_pair_tool.parse_args(["--far-pair", *late]) == train_pair_tool.parse_args([*recipe, *late])
+    args = train_pair_tool.parse_args(["--far-pair", *late])
+    assert args.out == "runs/x" and args.far_from == "warmup" and args.overrides == ["max_steps=3"]
+    assert args.parallel and [stage[0] for stage in args.stretch] == [64, 128, 256, 504]
+    for config in [args.config, args.warmup, *args.far]:
+        assert (REPO / config).is_file(), config
+    assert args.far[-1].stem == train_pair_tool.FAR_PAIR_BCT.split("/")[0].removeprefix("far-")
