@@ -190,7 +190,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="where the first --far stage starts: the pair's twin (default), or the warm-up's Llama (its last "
         "--stretch stage), which skips the pair (docs/design.md §8.12)",
     )
-    parser.add_argument(
+    parser.add_argument(  # listed for --help only: the loop above has replaced it by the recipe already
         "--far-pair",
         action="store_true",
         help=f"the whole recipe of docs/design.md §8.11 (make far-pair): {FAR_PAIR_RECIPE}",
