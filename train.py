@@ -2,6 +2,7 @@
 
     accelerate launch train.py --config configs/debug.yaml max_steps=20 output_dir=runs/try model.window=64
     python train.py export runs/try --push-to-hub user/my-bct
+    python train.py relayout runs/try/export --out runs/try-m32 --memory-slots 32 --chunk-size 16
 
 config -> accelerator -> model + tokenizer -> data (+ passkey probe) -> optimizer/schedule -> prepare -> resume ->
 steps (log, eval, probe, save, best checkpoint, preemption) -> final eval + checkpoint -> sample + export
@@ -46,6 +47,7 @@ from training.optim import build_optimizer, build_scheduler
 from training.plots import plot_metrics
 from training.preemption import StopRequest
 from training.probe import PasskeyProbe
+from training.relayout import relayout_command
 from training.resume import ResumeError, resume
 from training.round_robin import deal
 from training.tracking import MetricsFile, init_trackers, read_metrics
@@ -470,9 +472,9 @@ def train_command(argv: list[str]) -> int:
         return 2
 
 
-# `train.py export ...` exports; anything else is a training run (`accelerate launch train.py --config ...`
-# must keep working without a sub-command).
-COMMANDS = {"export": export_command}
+# `train.py export ...` exports, `train.py relayout ...` lays a checkpoint's cache out anew; anything else is a
+# training run (`accelerate launch train.py --config ...` must keep working without a sub-command).
+COMMANDS = {"export": export_command, "relayout": relayout_command}
 
 
 def main(argv: list[str] | None = None) -> int:
