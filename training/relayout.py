@@ -51,9 +51,8 @@ def relayout_model(
         )
     changes = {"memory_slots": memory_slots, "window": window, "chunk_size": chunk_size}
     fields = config.to_dict() | {k: v for k, v in changes.items() if v is not None}
-    new_config = BCTConfig.from_dict(
-        fields
-    )  # validates: raises naming the field, its value and what is allowed
+    # BCTConfig validates on construction: raises naming the field, its value and what is allowed.
+    new_config = BCTConfig.from_dict(fields)
     state = model.state_dict()
     if new_config.memory_slots != config.memory_slots:
         for name in state:
